@@ -401,13 +401,20 @@ def load_weights(model, path):
     from mobileone_tf import porting
     path = str(path)
     if path.endswith(".h5"):
-        state = porting.read_weights_h5(path)
-        if state is None:  # a plain Keras weights file
+        found = porting.read_weights_h5(path)
+        if found is None:  # a plain Keras weights file
             model.load_weights(path)
             return model
+        state, attrs = found
+        what = f"{path} (MobileOne-{str(attrs['variant']).upper()}, {attrs['form']})"
     else:
-        state = porting.port_checkpoint(path).state
-    assign_state(model, state)
+        port = porting.port_checkpoint(path)
+        state = port.state
+        what = f"{path} (MobileOne-{port.variant.upper()}, {port.layout} layout, {port.form})"
+    try:
+        assign_state(model, state)
+    except ValueError as e:
+        raise ValueError(f"Weights {what} do not fit model '{model.name}':\n{e}") from e
     return model
 
 
