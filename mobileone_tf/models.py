@@ -401,20 +401,20 @@ def load_weights(model, path):
     from mobileone_tf import porting
     path = str(path)
     if path.endswith(".h5"):
-        found = porting.read_weights_h5(path)
-        if found is None:  # a plain Keras weights file
+        state, attrs = porting.read_weights_h5(path, with_attrs=True)
+        if state is None:  # a plain Keras weights file
             model.load_weights(path)
             return model
-        state, attrs = found
-        what = f"{path} (MobileOne-{str(attrs['variant']).upper()}, {attrs['form']})"
+        what = f"MobileOne-{str(attrs.get('variant', '?')).upper()} ({attrs.get('form')})"
     else:
-        port = porting.port_checkpoint(path)
-        state = port.state
-        what = f"{path} (MobileOne-{port.variant.upper()}, {port.layout} layout, {port.form})"
+        result = porting.port_checkpoint(path)
+        state = result.state
+        what = f"MobileOne-{result.variant.upper()} ({result.form}, {result.layout} layout)"
     try:
         assign_state(model, state)
     except ValueError as e:
-        raise ValueError(f"Weights {what} do not fit model '{model.name}':\n{e}") from e
+        raise ValueError(f"{path} holds {what} weights that do not fit model "
+                         f"'{model.name}':\n{e}") from None
     return model
 
 

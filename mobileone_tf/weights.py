@@ -1,20 +1,28 @@
-"""``weights="imagenet"``: finding, verifying, porting and caching Apple's
-released checkpoints, and the ImageNet class index.
+"""``weights="imagenet"``: find, verify, port and cache Apple's released weights.
 
-Resolution order for a variant and form (first hit wins):
+Apple publishes (ml-mobileone README) two PyTorch checkpoints per variant at
+``https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/``:
+``mobileone_sN.pth.tar`` (fused, inference form) and
+``mobileone_sN_unfused.pth.tar`` (branched, training-time form).
+:data:`CHECKPOINTS` lists them (also in ``checkpoints/manifest.json``).
 
-1. the Keras cache: ``$KERAS_HOME/models/mobileone_tf/mobileone_{v}_{form}.weights.h5``
-   (ported by an earlier call);
-2. a local mirror folder named by the ``MOBILEONE_TF_CHECKPOINTS`` environment
-   variable, holding Apple's file names (``mobileone_s0.pth.tar``,
-   ``mobileone_s0_unfused.pth.tar``);
-3. a download of the official checkpoint with ``keras.utils.get_file``.
+:func:`imagenet_weights_path` resolves, in this order, for each candidate
+checkpoint (a branched model prefers the unfused checkpoint, a fused model
+the fused one; either can serve the other form):
 
-The checkpoint found is ported once (:mod:`mobileone_tf.porting`) and cached.
-A branched (train-time) model prefers Apple's unfused checkpoint and falls
-back to the fused one, which then initialises the branches exactly
-(:meth:`mobileone_tf.layers.MobileOneBlock.load_fused`); that is an
-initialisation with identical outputs, not Apple's training-time weights.
+1. the Keras cache: ``$KERAS_HOME/models/mobileone_tf/<name>.weights.h5``,
+   ported by an earlier call (``KERAS_HOME`` or ``~/.keras``, or
+   ``/tmp/.keras`` when that is not writable, as ``keras.utils.get_file``);
+2. a local mirror folder named by the environment variable
+   ``MOBILEONE_TF_CHECKPOINTS`` holding files under Apple's names (their
+   sha256 is checked where :data:`CHECKPOINTS` knows it);
+3. a download with ``keras.utils.get_file``.
+
+The checkpoint is ported once (:mod:`mobileone_tf.porting`) and the
+``.weights.h5`` cached atomically. A fused checkpoint loaded into a branched
+model is an exact-output *initialisation* (fused kernel in the first branch,
+see :func:`mobileone_tf.layers.unfuse_block_state`), not Apple's training-time
+weights.
 """
 
 from __future__ import annotations
@@ -24,200 +32,232 @@ import hashlib
 import json
 import os
 
-from mobileone_tf import variants
+from mobileone_tf import porting, variants
 
-MIRROR_ENV = "MOBILEONE_TF_CHECKPOINTS"
-_MANIFEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "checkpoints", "manifest.json")
-KERAS_CLASS_INDEX_URL = ("https://storage.googleapis.com/download.tensorflow.org/"
-                         "data/imagenet_class_index.json")
-KERAS_CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
+ENV_MIRROR = "MOBILEONE_TF_CHECKPOINTS"
+BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
+CACHE_SUBDIR = os.path.join("models", "mobileone_tf")
+
+# Keras' own ImageNet class index (keras/src/applications/imagenet_utils.py).
+CLASS_INDEX_URL = ("https://storage.googleapis.com/download.tensorflow.org/"
+                   "data/imagenet_class_index.json")
+CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
+CLASS_INDEX_FILE = "imagenet_class_index.json"
+_OWN_CLASS_INDEX_FILE = "mobileone_tf_imagenet_class_index.json"
+
+_KNOWN_SHA256 = {
+    "mobileone_s0.pth.tar":
+        "968b1f851cee94b5516f68b50c710a74a6d60d5b1759bbf53528b7b860cc6a97",
+}
+
+
+def _entry(variant, form):
+    file = f"mobileone_{variant}{'' if form == 'fused' else '_unfused'}.pth.tar"
+    return {"variant": variant, "form": form, "file": file, "url": BASE_URL + file,
+            "sha256": _KNOWN_SHA256.get(file)}
+
+
+CHECKPOINTS = [_entry(v, f) for v in variants.VARIANTS for f in ("fused", "branched")]
+"""Apple's official ImageNet-1k checkpoints: dicts with ``variant``, ``form``
+(``"fused"``/``"branched"``), ``file``, ``url`` and ``sha256`` (None where
+unknown). Mirrored in ``checkpoints/manifest.json``."""
 
 
 def keras_cache_dir() -> str:
-    """Keras' cache folder: ``$KERAS_HOME`` or ``~/.keras``, else ``/tmp/.keras``
-    when that is not writable (the rule ``keras.utils.get_file`` follows)."""
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    """Keras' cache root as ``keras.utils.get_file`` computes it."""
+    base = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
     try:
         os.makedirs(base, exist_ok=True)
-        if not os.access(base, os.W_OK):
-            raise OSError
     except OSError:
+        pass
+    if not os.access(base, os.W_OK):
         base = os.path.join("/tmp", ".keras")
-        os.makedirs(base, exist_ok=True)
     return base
 
 
-def _cache_subdir() -> str:
-    path = os.path.join(keras_cache_dir(), "models", "mobileone_tf")
+def _cache_dir() -> str:
+    path = os.path.join(keras_cache_dir(), CACHE_SUBDIR)
     os.makedirs(path, exist_ok=True)
     return path
 
 
-def manifest() -> list:
-    """The known official checkpoints (``checkpoints/manifest.json``)."""
-    with open(_MANIFEST) as f:
-        return json.load(f)["checkpoints"]
-
-
-def _entry(variant, form):
-    for row in manifest():
-        if row["variant"] == variant and row["form"] == form:
-            return row
-    raise KeyError((variant, form))
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
+def sha256sum(path) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def _verify(path, row):
-    if row.get("sha256") and sha256(path) != row["sha256"]:
-        raise ValueError(f"{path} has the wrong sha256 for {row['file']} (expected "
-                         f"{row['sha256']}): a corrupt or different file; replace it with "
-                         f"the one from {row['url']}")
+def _candidates(variant, fused):
+    order = ("fused", "branched") if fused else ("branched", "fused")
+    return [e for form in order for e in CHECKPOINTS
+            if e["variant"] == variant and e["form"] == form]
+
+
+def _ported_name(entry) -> str:
+    return entry["file"][: -len(".pth.tar")] + ".weights.h5"
+
+
+def _download(entry, cache_dir) -> str:
+    """Downloads a checkpoint with ``keras.utils.get_file`` (tests replace this)."""
+    import keras
+    return keras.utils.get_file(entry["file"], entry["url"], file_hash=entry["sha256"],
+                                hash_algorithm="sha256", cache_subdir=CACHE_SUBDIR,
+                                cache_dir=cache_dir)
+
+
+def _port_to_cache(entry, checkpoint) -> str:
+    result = porting.port_checkpoint(checkpoint, variant=entry["variant"])
+    if result.form != entry["form"]:
+        raise ValueError(f"{checkpoint}: expected the {entry['form']} form, found "
+                         f"{result.form}")
+    out = os.path.join(_cache_dir(), _ported_name(entry))
+    return porting.write_weights_h5(result.state, out, entry["variant"], result.form,
+                                    source=entry["url"])
 
 
 def imagenet_weights_path(variant, fused: bool = False) -> str:
-    """Path of the ported ImageNet ``.weights.h5`` for a variant, resolving,
-    verifying, porting and caching as described in the module docstring.
+    """Path of the ported ImageNet ``.weights.h5`` for a variant (see module doc).
 
     Args:
         variant: ``"s0"`` ... ``"s4"``.
-        fused: the form the caller will load (only decides which of Apple's
-            checkpoints is preferred; both forms load into both models).
+        fused: whether the model that will load it is the fused form (prefers
+            the fused checkpoint) or the branched form (prefers unfused).
 
     Returns:
         Path of a ``.weights.h5`` written by
-        :func:`mobileone_tf.porting.write_weights_h5`.
+        :func:`mobileone_tf.porting.write_weights_h5` in the Keras cache.
 
     Raises:
-        FileNotFoundError: offline with nothing cached or mirrored; the message
-            names the file, its URL and where to put it.
-        ValueError: a mirrored file with the wrong sha256 or content.
+        FileNotFoundError: nothing cached, nothing in the mirror, and the
+            download failed (the message names the URL, the file name and
+            the folder to put it in).
+        ValueError: a mirrored file with the wrong sha256, or that does not
+            port.
     """
-    from mobileone_tf import porting
     v = variants.get_variant(variant).name
-    forms = ["fused", "branched"] if fused else ["branched", "fused"]
-    cache = _cache_subdir()
-    for form in forms:  # 1. the Keras cache
-        cached = os.path.join(cache, f"mobileone_{v}_{form}.weights.h5")
-        if os.path.isfile(cached):
-            return cached
-    mirror = os.environ.get(MIRROR_ENV)
-    found = None
-    if mirror:  # 2. the local mirror
-        for form in forms:
-            row = _entry(v, form)
-            candidate = os.path.join(mirror, row["file"])
-            if os.path.isfile(candidate):
-                _verify(candidate, row)
-                found = (candidate, row)
-                break
-    if found is None:  # 3. download
-        errors = []
-        import keras
-        for form in forms:
-            row = _entry(v, form)
-            try:
-                path = keras.utils.get_file(
-                    row["file"], row["url"], file_hash=row.get("sha256"),
-                    cache_dir=keras_cache_dir(), cache_subdir=os.path.join("models", "mobileone_tf"))
-                found = (path, row)
-                break
-            except Exception as e:  # network errors come in many types
-                errors.append(f"{row['url']}: {type(e).__name__}: {e}")
-        if found is None:
-            row = _entry(v, forms[0])
-            raise FileNotFoundError(
-                f"No ImageNet weights for MobileOne-{v.upper()}: nothing in the Keras cache "
-                f"({cache}), {MIRROR_ENV} is "
-                + (f"'{mirror}' without {row['file']}" if mirror else "not set")
-                + f", and the download failed ({'; '.join(errors)}). Download {row['file']} "
-                f"from {row['url']} into a folder and set {MIRROR_ENV} to that folder, or "
-                f"put the file in {cache}.")
-    path, row = found
-    port = porting.port_checkpoint(path, variant=v)
-    cached = os.path.join(cache, f"mobileone_{v}_{port.form}.weights.h5")
-    porting.write_weights_h5(port.state, cached, v, port.form, source=row["url"],
-                             overwrite=True)
-    return cached
+    entries = _candidates(v, fused)
+    cache = _cache_dir()
+    for entry in entries:  # 1. Keras cache
+        path = os.path.join(cache, _ported_name(entry))
+        if os.path.isfile(path):
+            return path
+    mirror = os.environ.get(ENV_MIRROR)
+    if mirror:  # 2. local mirror
+        for entry in entries:
+            src = os.path.join(mirror, entry["file"])
+            if os.path.isfile(src):
+                if entry["sha256"]:
+                    digest = sha256sum(src)
+                    if digest != entry["sha256"]:
+                        raise ValueError(
+                            f"{src}: sha256 {digest} does not match the known "
+                            f"{entry['sha256']} of Apple's {entry['file']}; "
+                            f"replace it with a fresh copy of {entry['url']}")
+                return _port_to_cache(entry, src)
+    errors = []
+    for entry in entries:  # 3. download
+        try:
+            src = _download(entry, keras_cache_dir())
+        except Exception as e:  # offline, HTTP error, hash mismatch
+            errors.append(f"{entry['url']}: {e}")
+            continue
+        return _port_to_cache(entry, src)
+    first = entries[0]
+    raise FileNotFoundError(
+        f"ImageNet weights for MobileOne-{v.upper()} are not cached and could not be "
+        f"downloaded ({'; '.join(errors)}). Download {first['url']}"
+        + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
+        + f" and put it, under that file name, in the folder named by the "
+        f"environment variable {ENV_MIRROR} (currently "
+        f"{mirror or 'unset'}), or pass weights=PATH to the file.")
 
 
 # ---------------------------------------------------------------------------
-# ImageNet class index
+# ImageNet class names
 # ---------------------------------------------------------------------------
-_CLASS_INDEX = None
-
-
-def _md5(path):
-    digest = hashlib.md5()
+def _md5(path) -> str:
     with open(path, "rb") as f:
-        digest.update(f.read())
-    return digest.hexdigest()
+        return hashlib.md5(f.read()).hexdigest()
 
 
-def _from_keras_json(path):
+def _index_from_json(path) -> list:
     with open(path) as f:
-        index = json.load(f)
-    return [tuple(index[str(i)]) for i in range(1000)]
+        data = json.load(f)
+    index = [tuple(data[str(i)]) for i in range(len(data))]
+    if len(index) != 1000:
+        raise ValueError(f"{path}: expected 1000 classes, found {len(index)}")
+    return index
 
 
-def _from_csv(path):
-    """``index,synset,name`` rows; names become Keras-style (first synonym,
-    spaces as underscores)."""
+def _index_from_csv(path) -> list:
     rows = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             name = row["name"].split(",")[0].strip().replace(" ", "_")
             rows[int(row["index"])] = (row["synset"], name)
     if sorted(rows) != list(range(1000)):
-        raise ValueError(f"{path} does not list the 1000 ImageNet classes 0..999")
+        raise ValueError(f"{path}: expected indices 0..999 (columns index,synset,name)")
     return [rows[i] for i in range(1000)]
 
 
 def imagenet_class_index() -> list:
     """The 1000 ImageNet-1k classes as ``(synset, name)`` in index order.
 
-    Keras' own class index (``imagenet_class_index.json``, the file
-    ``keras.applications`` uses) from the Keras cache; else the mirror folder
-    (``$MOBILEONE_TF_CHECKPOINTS``) holding ``imagenet_class_index.json`` or
-    ``imagenet_classes.csv`` (``index,synset,name``); else Keras' download.
+    Keras' own class index (``imagenet_class_index.json``, as
+    ``keras.applications`` ``decode_predictions``), resolved: Keras' cached
+    file (md5-checked), then mobileone_tf's own cached copy from an earlier
+    mirror read, then the mirror folder ``$MOBILEONE_TF_CHECKPOINTS``
+    (``imagenet_class_index.json``, or ``imagenet_classes.csv`` with
+    ``index,synset,name``: the name's first comma-separated part with spaces
+    as underscores, Keras style), then a download with
+    ``keras.utils.get_file``. A csv-derived index is cached under
+    mobileone_tf's own name, never under Keras' (Keras deletes a cached file
+    whose hash differs).
 
     Raises:
-        FileNotFoundError: none of them is available (offline).
+        FileNotFoundError: none of them is available (names the URL and the
+            mirror files that would do).
     """
-    global _CLASS_INDEX
-    if _CLASS_INDEX is not None:
-        return _CLASS_INDEX
-    keras_json = os.path.join(keras_cache_dir(), "models", "imagenet_class_index.json")
-    mirror = os.environ.get(MIRROR_ENV)
-    if os.path.isfile(keras_json) and _md5(keras_json) == KERAS_CLASS_INDEX_MD5:
-        _CLASS_INDEX = _from_keras_json(keras_json)
-    elif mirror and os.path.isfile(os.path.join(mirror, "imagenet_class_index.json")):
-        _CLASS_INDEX = _from_keras_json(os.path.join(mirror, "imagenet_class_index.json"))
-    elif mirror and os.path.isfile(os.path.join(mirror, "imagenet_classes.csv")):
-        _CLASS_INDEX = _from_csv(os.path.join(mirror, "imagenet_classes.csv"))
-    else:
+    keras_file = os.path.join(keras_cache_dir(), "models", CLASS_INDEX_FILE)
+    if os.path.isfile(keras_file) and _md5(keras_file) == CLASS_INDEX_MD5:
+        return _index_from_json(keras_file)
+    own = os.path.join(_cache_dir(), _OWN_CLASS_INDEX_FILE)
+    if os.path.isfile(own):
+        return _index_from_json(own)
+    mirror = os.environ.get(ENV_MIRROR)
+    if mirror:
+        index = None
+        if os.path.isfile(os.path.join(mirror, CLASS_INDEX_FILE)):
+            index = _index_from_json(os.path.join(mirror, CLASS_INDEX_FILE))
+        elif os.path.isfile(os.path.join(mirror, "imagenet_classes.csv")):
+            index = _index_from_csv(os.path.join(mirror, "imagenet_classes.csv"))
+        if index is not None:
+            _write_json_atomic(own, {str(i): list(e) for i, e in enumerate(index)})
+            return index
+    try:
         import keras
-        try:
-            path = keras.utils.get_file(
-                "imagenet_class_index.json", KERAS_CLASS_INDEX_URL, cache_subdir="models",
-                file_hash=KERAS_CLASS_INDEX_MD5, cache_dir=keras_cache_dir())
-        except Exception as e:
-            raise FileNotFoundError(
-                "No ImageNet class index: not in the Keras cache, no imagenet_class_index.json "
-                f"or imagenet_classes.csv in ${MIRROR_ENV}, and the download of "
-                f"{KERAS_CLASS_INDEX_URL} failed ({type(e).__name__}: {e}).") from e
-        _CLASS_INDEX = _from_keras_json(path)
-    return _CLASS_INDEX
+        path = keras.utils.get_file(CLASS_INDEX_FILE, CLASS_INDEX_URL,
+                                    cache_subdir="models", file_hash=CLASS_INDEX_MD5,
+                                    cache_dir=keras_cache_dir())
+        return _index_from_json(path)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"ImageNet class names unavailable: not cached and the download of "
+            f"{CLASS_INDEX_URL} failed ({e}). Put {CLASS_INDEX_FILE} (that file) or "
+            f"imagenet_classes.csv (index,synset,name) in the folder named by "
+            f"{ENV_MIRROR} (currently {mirror or 'unset'}).") from e
 
 
-def reset_class_index_cache():
-    """Forgets the loaded class index (tests, or after changing the mirror)."""
-    global _CLASS_INDEX
-    _CLASS_INDEX = None
+def _write_json_atomic(path, data):
+    import tempfile
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -9,7 +9,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("variant", "s0", "MobileOne variant s0..s4.")
-flags.DEFINE_string("weights", "imagenet", "'imagenet', a .weights.h5 or a PyTorch checkpoint.")
+flags.DEFINE_string("weights", "imagenet", "'imagenet', 'none' (random), a .weights.h5 or a "
+                    "PyTorch checkpoint.")
 flags.DEFINE_bool("fused", True, "Use the fused (inference) form.")
 flags.DEFINE_integer("top", 5, "How many classes to print per image.")
 flags.DEFINE_integer("image_size", 224, "Centre-crop size.")
@@ -25,7 +26,7 @@ def main(argv):
         raise app.UsageError(f"No such image file: {', '.join(missing)}")
     import mobileone_tf
     from mobileone_tf import data
-    model = mobileone_tf.MobileOne(FLAGS.variant, weights=FLAGS.weights, fused=FLAGS.fused)
+    model = mobileone_tf.MobileOne(FLAGS.variant, weights=_weights(), fused=FLAGS.fused)
     probs = model.predict(data.load_images(images, FLAGS.image_size), verbose=0)
     for path, top in zip(images, mobileone_tf.decode_predictions(probs, top=FLAGS.top)):
         print(path)
@@ -33,5 +34,17 @@ def main(argv):
             print(f"  {p:7.2%}  {name} ({synset})")
 
 
+def _weights():
+    return None if FLAGS.weights.lower() == "none" else FLAGS.weights
+
+
+def _main(argv):
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(_main))

@@ -11,7 +11,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("variant", "s0", "MobileOne variant s0..s4.")
-flags.DEFINE_string("weights", "imagenet", "'imagenet', a .weights.h5 or a PyTorch checkpoint.")
+flags.DEFINE_string("weights", "imagenet", "'imagenet', 'none' (random), a .weights.h5 or a "
+                    "PyTorch checkpoint.")
 flags.DEFINE_bool("fused", False, "Evaluate the fused (inference) form.")
 flags.DEFINE_string("model", None, "An exported .tflite / .onnx / SavedModel to evaluate "
                     "instead of building a Keras model.")
@@ -26,15 +27,17 @@ flags.DEFINE_bool("per_image", False, "Keep per-image predictions in the JSON.")
 def main(argv):
     del argv
     from mobileone_tf import data, evaluation
-    dataset, n = data.eval_dataset(FLAGS.data, FLAGS.batch_size, FLAGS.image_size,
-                                   FLAGS.crop_pct)
+    synsets = data.imagenet_synset_to_index() if data.is_synset_folder(FLAGS.data) else None
+    n = len(data.list_examples(FLAGS.data, synset_to_index=synsets)[0])
+    dataset = data.eval_dataset(FLAGS.data, FLAGS.batch_size, FLAGS.image_size, FLAGS.crop_pct,
+                                synset_to_index=synsets)
     if FLAGS.model:
         from mobileone_tf import runtime
         predict = runtime.load(FLAGS.model, batch_size=FLAGS.batch_size)
         what = {"model": FLAGS.model}
     else:
         import mobileone_tf
-        model = mobileone_tf.MobileOne(FLAGS.variant, weights=FLAGS.weights, fused=FLAGS.fused,
+        model = mobileone_tf.MobileOne(FLAGS.variant, weights=_weights(), fused=FLAGS.fused,
                                        classifier_activation=None)
         predict = model.predict_on_batch
         what = {"variant": FLAGS.variant, "weights": FLAGS.weights, "fused": FLAGS.fused}
@@ -48,5 +51,17 @@ def main(argv):
         evaluation.write_json(summary, FLAGS.json)
 
 
+def _weights():
+    return None if FLAGS.weights.lower() == "none" else FLAGS.weights
+
+
+def _main(argv):
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(_main))

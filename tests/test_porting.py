@@ -1,186 +1,308 @@
-"""Porting against an independent implementation: timm's MobileOne (random
-weights, randomised BatchNorm statistics) run by PyTorch in a subprocess, its
-state dict in every supported key layout; and Apple's released S0 checkpoint
-on real images."""
+"""Porting PyTorch checkpoints: parity with an independent PyTorch forward pass.
 
-import importlib.util
+References: timm ``mobileone_s0..s4`` (random weights, randomised BatchNorm
+statistics) saved in every supported key layout, and Apple's real fused S0
+checkpoint run in PyTorch on real ImageNet images (tests/torch_reference.py,
+in a subprocess).
+"""
+
+import functools
 import os
+import pickle
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
-import mobileone_tf as mo
-from mobileone_tf import models, porting, variants
-from tests.conftest import ROOT
+from mobileone_tf import models, porting
 from tests.helpers import rel_max_diff
+from tests.torch_fixtures import torch_ref  # noqa: F401 (fixture)
 
-VARIANTS = ["s0", "s1", "s2", "s3", "s4"]
-FILES = ["timm_branched.pth", "timm_fused.pth", "timm_fused.safetensors",
-         "apple_branched.pth", "apple_fused.pth", "mmpretrain_branched.pth",
-         "mmpretrain_fused.pth"]
-
-
-@pytest.fixture(scope="session")
-def torch_ref(test_tmp, request):
-    """Runs tests/torch_reference.py once (in its own process)."""
-    for module in ("torch", "timm"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed (pip install -e '.[dev]')")
-    out = test_tmp / "torch_ref"
-    if not (out / "s4" / "reference.npz").exists():
-        cmd = [sys.executable, str(ROOT / "tests" / "torch_reference.py"), str(out)]
-        shared = ROOT.parent / "shared" / "data"
-        if (shared / "mobileone_s0.pth.tar").is_file():
-            cmd += ["--shared", str(shared)]
-        subprocess.run(cmd, check=True, timeout=900)
-    return out
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("s0", "s1", "s2", "s3", "s4")
+LAYOUT_FILES = {  # file suffix -> (layout, form)
+    "timm.pth": ("timm", "branched"),
+    "timm_reparam.pth": ("timm", "fused"),
+    "timm_reparam.safetensors": ("timm", "fused"),
+    "apple.pth": ("apple", "branched"),
+    "apple_fused.pth": ("apple", "fused"),
+    "mmpretrain.pth": ("mmpretrain", "branched"),
+    "mmpretrain_fused.pth": ("mmpretrain", "fused"),
+}
+TOL = 1e-4
 
 
-_MODELS = {}
+@functools.lru_cache(maxsize=None)
+def _model(variant, fused, size=64):
+    return models.MobileOne(variant, weights=None, input_shape=(size, size, 3),
+                            include_preprocessing=False, classifier_activation=None,
+                            fused=fused)
 
 
-def _model(variant, fused):
-    key = (variant, fused)
-    if key not in _MODELS:
-        _MODELS.clear() if len(_MODELS) > 2 else None
-        _MODELS[key] = mo.MobileOne(variant, weights=None, fused=fused, input_shape=(64, 64, 3),
-                                    classifier_activation=None)
-    return _MODELS[key]
+def _logits(model, x):
+    return np.asarray(model(x, training=False))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_layout_matches_timm_logits(torch_ref, variant):
-    ref = np.load(torch_ref / variant / "reference.npz")
-    # timm's own fused/unfused agreement, and exact parameter counts vs ours
-    assert rel_max_diff(ref["logits"], ref["fused_logits"]) < 1e-4
-    branched, fused = _model(variant, False), _model(variant, True)
-    assert sum(int(np.prod(w.shape)) for w in branched.trainable_weights) == int(ref["params"])
-    assert fused.count_params() == int(ref["params_fused"])
-    for name in FILES:
-        port = porting.port_checkpoint(torch_ref / variant / name)
-        layout, form = name.split(".")[0].split("_")
-        assert (port.variant, port.layout, port.form, port.classes) == (variant, layout, form, 1000)
-        for model in (branched, fused):  # same form, and converted across forms
-            models.assign_state(model, port.state)
-            out = model.predict(ref["input"], verbose=0)
-            err = rel_max_diff(ref["logits"], out)
-            assert err <= 1e-4, (name, model.name, err)
+def test_every_layout_matches_pytorch(torch_ref, variant):
+    ref = np.load(torch_ref / f"{variant}.npz")
+    x = ref["x_nhwc"]
+    for suffix, (layout, form) in LAYOUT_FILES.items():
+        path = torch_ref / f"{variant}_{suffix}"
+        result = porting.port_checkpoint(path)
+        assert (result.variant, result.layout, result.form, result.classes) == \
+            (variant, layout, form, 1000), suffix
+        for fused in (False, True):
+            model = _model(variant, fused)
+            if fused:
+                models.assign_state(model, result.state)
+            else:
+                models.load_weights(model, path)
+            diff = rel_max_diff(_logits(model, x), ref["logits"])
+            assert diff <= TOL, (suffix, "fused" if fused else "branched", diff)
 
 
-def test_readers_agree(torch_ref):
-    for path in (torch_ref / "s4" / "timm_fused.pth", torch_ref / "s0" / "apple_branched.pth"):
-        a = porting.read_checkpoint(path, use_torch=True)
-        b = porting.read_checkpoint(path, use_torch=False)
-        assert sorted(a) == sorted(b)
-        for k in a:
-            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+def test_fused_checkpoint_into_branched_model_is_exact(torch_ref):
+    """load_fused: the branched model gives the fused model's outputs."""
+    ref = np.load(torch_ref / "s0.npz")
+    path = torch_ref / "s0_apple_fused.pth"
+    branched, fused = _model("s0", False), _model("s0", True)
+    models.load_weights(branched, path)
+    models.load_weights(fused, path)
+    a, b = _logits(branched, ref["x_nhwc"]), _logits(fused, ref["x_nhwc"])
+    assert rel_max_diff(a, b) <= 1e-5
+    assert rel_max_diff(a, ref["logits_reparam"]) <= TOL
+    assert "stage1_0/conv_kxk/3/kernel" in models.get_state(branched)
 
 
-def test_real_apple_s0_matches_pytorch_on_real_images(torch_ref, shared_data):
+def test_readers_agree_on_generated_checkpoints(torch_ref):
+    a = porting.read_checkpoint(torch_ref / "s0_timm.pth", reader="zip")
+    assert not any(k.endswith("num_batches_tracked") for k in a)
+    b = np.load(torch_ref / "s0_timm_torchload.npz")  # torch.load in the subprocess
+    assert sorted(a) == sorted(b.files)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_zip_reader_matches_torch_load_on_real_checkpoint(torch_ref, shared_data):
+    a = porting.read_checkpoint(shared_data / "mobileone_s0.pth.tar", reader="zip")
+    b = np.load(torch_ref / "real_s0_torchload.npz")
+    assert sorted(a) == sorted(b.files) and len(a) == 88
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_real_s0_matches_pytorch_on_real_images(torch_ref, shared_data):
     ref = np.load(torch_ref / "real_s0.npz")
-    ckpt = shared_data / "mobileone_s0.pth.tar"
-    a = porting.read_checkpoint(ckpt, use_torch=True)
-    b = porting.read_checkpoint(ckpt, use_torch=False)
-    assert all(np.array_equal(a[k], b[k]) for k in a) and len(a) == 88
     for fused in (True, False):
-        model = mo.MobileOne("s0", weights=str(ckpt), fused=fused, classifier_activation=None)
-        logits = model.predict(ref["input"], verbose=0)
-        assert rel_max_diff(ref["logits"], logits) <= 1e-4
-        assert (logits.argmax(-1) == ref["logits"].argmax(-1)).all()
-    assert (ref["logits"].argmax(-1) == ref["labels"]).mean() >= 0.75
+        model = models.MobileOne("s0", weights=str(shared_data / "mobileone_s0.pth.tar"),
+                                 input_shape=(224, 224, 3), classifier_activation=None,
+                                 fused=fused)
+        logits = _logits(model, ref["x_nhwc"])
+        assert rel_max_diff(logits, ref["logits"]) <= TOL
+        assert np.array_equal(logits.argmax(1), ref["logits"].argmax(1))
 
 
-def _port_script(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "port_weights.py"), *args],
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_port_script_round_trip(torch_ref, tmp_path):
-    out = tmp_path / "s4.weights.h5"
-    run = _port_script(f"--checkpoint={torch_ref / 's4' / 'mmpretrain_branched.pth'}",
-                       f"--output={out}")
-    assert run.returncode == 0, run.stderr
-    assert "mmpretrain" in run.stdout and "s4" in run.stdout
-    state, attrs = porting.read_weights_h5(out)
+def test_h5_roundtrip_and_form_conversion(torch_ref, tmp_path):
+    ref = np.load(torch_ref / "s4.npz")
+    result = porting.port_checkpoint(torch_ref / "s4_timm.pth")
+    path = porting.write_weights_h5(result.state, tmp_path / "s4.weights.h5", "s4",
+                                    result.form, source="test")
+    state, attrs = porting.read_weights_h5(path, with_attrs=True)
     assert attrs["variant"] == "s4" and attrs["form"] == "branched"
-    ref = np.load(torch_ref / "s4" / "reference.npz")
-    model = mo.MobileOne("s4", weights=str(out), fused=True, input_shape=(64, 64, 3),
-                         classifier_activation=None)
-    assert rel_max_diff(ref["logits"], model.predict(ref["input"], verbose=0)) <= 1e-4
-    again = _port_script(f"--checkpoint={torch_ref / 's4' / 'timm_fused.pth'}", f"--output={out}")
-    assert again.returncode != 0 and "exists" in again.stderr
-    # a ported S4 file refuses an S0 model with a message naming both
-    with pytest.raises(ValueError, match="MobileOne-S4"):
-        mo.MobileOne("s0", weights=str(out), fused=True)
+    assert attrs["format"] == porting.H5_FORMAT and attrs["classes"] == 1000
+    assert sorted(state) == sorted(result.state)
+    for fused in (False, True):  # branched file into the fused model: fuses
+        model = _model("s4", fused)
+        models.load_weights(model, path)
+        assert rel_max_diff(_logits(model, ref["x_nhwc"]), ref["logits"]) <= TOL
 
 
-def _bad_checkpoints(torch_ref, tmp_path):
-    from safetensors.numpy import save_file
-    good = porting.read_checkpoint(torch_ref / "s0" / "apple_fused.pth")
-    missing = dict(good)
-    del missing["stage2.3.reparam_conv.bias"]
-    unexpected = dict(good, **{"stage9.extra.weight": np.zeros(3, np.float32)})
-    shapes = dict(good, **{"stage1.1.reparam_conv.weight": np.zeros((48, 48, 3, 3), np.float32)})
-    cases = {}
-    for name, sd, message in (("missing", missing, "stage2.3.reparam_conv.bias"),
-                              ("unexpected", unexpected, "stage9.extra.weight"),
-                              ("shapes", shapes, r"stage1.1.reparam_conv.weight: got \(48, 48, 3, 3\)")):
-        path = tmp_path / f"{name}.safetensors"
-        save_file(sd, str(path))
-        cases[name] = (path, message)
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(os.urandom(2048))
-    cases["junk"] = (junk, "not a PyTorch")
-    return cases
+def test_h5_variant_mismatch_fails_clearly(torch_ref, tmp_path):
+    result = porting.port_checkpoint(torch_ref / "s1_timm_reparam.pth")
+    path = porting.write_weights_h5(result.state, tmp_path / "s1.weights.h5", "s1",
+                                    "fused")
+    with pytest.raises(ValueError, match=r"MobileOne-S1 \(fused\).*wrong shapes|MobileOne-S1"):
+        models.load_weights(_model("s2", True), path)
 
 
-def test_port_script_bad_input_writes_nothing(torch_ref, tmp_path):
-    cases = _bad_checkpoints(torch_ref, tmp_path)
-    cases["variant"] = (torch_ref / "s0" / "timm_fused.pth", "MobileOne-S0 weights")
-    for name, (path, message) in cases.items():
-        out = tmp_path / f"{name}.weights.h5"
-        args = [f"--checkpoint={path}", f"--output={out}"]
-        if name == "variant":
-            args.append("--variant=s1")
-        run = _port_script(*args)
-        assert run.returncode != 0, name
-        assert __import__("re").search(message, run.stderr), (name, run.stderr[-2000:])
-        assert not out.exists(), name
-        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
+def test_port_script_end_to_end(torch_ref, tmp_path, capsys):
+    out = tmp_path / "s0.weights.h5"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "port_weights.py"),
+           "--checkpoint", str(torch_ref / "s0_apple.pth"), "--output", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "layout: apple" in proc.stdout and "variant: s0" in proc.stdout
+    assert "form: branched" in proc.stdout
+    state, attrs = porting.read_weights_h5(out, with_attrs=True)
+    assert attrs["variant"] == "s0" and attrs["form"] == "branched"
+    # refuses to overwrite (file untouched); a wrong variant writes nothing
+    mtime = os.path.getmtime(out)
+    assert run_script(cmd[2:]) != 0
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert os.path.getmtime(out) == mtime
+    out2 = tmp_path / "bad.weights.h5"
+    assert run_script(cmd[2:-1] + [out2, "--variant", "s1"]) != 0
+    assert "does not fit MobileOne-S1" in capsys.readouterr().err
+    assert not out2.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0.weights.h5"]
+    assert run_script(cmd[2:] + ["--overwrite"]) == 0
 
 
-def test_not_a_mobileone_checkpoint(tmp_path):
-    from safetensors.numpy import save_file
-    path = tmp_path / "resnet.safetensors"
-    save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(path))
-    with pytest.raises(ValueError, match="Not a MobileOne checkpoint"):
-        porting.port_checkpoint(path)
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+def _save_zip_checkpoint(path, state):
+    """A torch-format zip checkpoint written without torch (for bad inputs):
+    ``data.pkl`` references ``torch._utils._rebuild_tensor_v2`` and
+    ``torch.FloatStorage`` exactly as ``torch.save`` does."""
+    import io
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    path = str(path)
+    name = os.path.basename(path).split(".")[0]
+    storages, obj = {}, {}
+    for i, (k, v) in enumerate(state.items()):
+        arr = np.ascontiguousarray(v, np.float32)
+        storages[str(i)] = arr
+        strides = tuple(int(np.prod(arr.shape[j + 1:])) for j in range(arr.ndim))
+        obj[k] = _Tensor(_Storage(str(i), arr.size), arr.shape, strides)
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(obj)
+    here = __name__.encode()
+    data = buf.getvalue().replace(
+        b"c" + here + b"\n_rebuild_tensor_v2\n", b"ctorch._utils\n_rebuild_tensor_v2\n"
+    ).replace(b"c" + here + b"\nFloatStorage\n", b"ctorch\nFloatStorage\n")
+    assert here not in data
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}/data.pkl", data)
+        z.writestr(f"{name}/byteorder", "little")
+        for key, arr in storages.items():
+            z.writestr(f"{name}/data/{key}", arr.tobytes())
+
+
+class _Storage:
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class FloatStorage:  # pickled by reference, renamed to torch.FloatStorage
+    pass
+
+
+def _rebuild_tensor_v2(*args):  # pickled by reference, renamed to torch._utils
+    raise AssertionError
+
+
+class _Tensor:
+    def __init__(self, storage, shape, strides):
+        self.args = (storage, 0, tuple(shape), strides, False)
+
+    def __reduce__(self):
+        import collections
+        return (_rebuild_tensor_v2, self.args + (collections.OrderedDict(),))
+
+
+@pytest.fixture(scope="module")
+def s0_fused_state(torch_ref):
+    return porting.read_checkpoint(torch_ref / "s0_apple_fused.pth")
+
+
+@functools.lru_cache(maxsize=None)
+def _script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "port_weights", os.path.join(ROOT, "scripts", "port_weights.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(args):
+    """Runs scripts/port_weights.py main() in-process (absl flags); returns rc."""
+    module = _script()
+    module.FLAGS.unparse_flags()
+    module.FLAGS(["port_weights.py"] + [str(a) for a in args])
+    return module.main([])
+
+
+def _expect_error(path, match, variant=None, out=None):
+    with pytest.raises(ValueError, match=match):
+        porting.port_checkpoint(path, variant=variant)
+    if out is not None:  # the port script writes nothing either
+        args = ["--checkpoint", path, "--output", out]
+        if variant:
+            args += ["--variant", variant]
+        assert run_script(args) != 0
+        assert not os.path.exists(out) and not any(
+            p.endswith(".tmp") for p in os.listdir(os.path.dirname(out)))
+
+
+def test_wrong_variant(torch_ref, tmp_path):
+    _expect_error(torch_ref / "s0_timm.pth",
+                  r"does not fit MobileOne-S2\. It looks like MobileOne-S0\.(.|\n)*"
+                  r"wrong shapes: \[.*'stages\.0\.0\.conv_kxk\.0\.conv\.weight -> "
+                  r"stage1_0/conv_kxk/0/kernel: expected \(3, 3, 64, 1\), got \(3, 3, 48, 1\)'",
+                  variant="s2", out=tmp_path / "x.weights.h5")
+
+
+def test_missing_keys(s0_fused_state, tmp_path):
+    state = dict(s0_fused_state)
+    del state["stage2.3.reparam_conv.bias"]
+    path = tmp_path / "missing.pth"
+    _save_zip_checkpoint(path, state)
+    _expect_error(path, r"missing keys: \['stage2_3/reparam/bias'\]")
+
+
+def test_unexpected_keys(s0_fused_state, tmp_path):
+    state = dict(s0_fused_state, **{"stage1.0.extra.weight": np.zeros((3, 3), np.float32)})
+    path = tmp_path / "unexpected.pth"
+    _save_zip_checkpoint(path, state)
+    _expect_error(path, r"unexpected keys.*stage1\.0\.extra\.weight \(3, 3\)",
+                  out=tmp_path / "y.weights.h5")
+    state = dict(s0_fused_state, **{"stage5.0.reparam_conv.bias": np.zeros(3, np.float32)})
+    _save_zip_checkpoint(path, state)
+    _expect_error(path, r"unexpected keys.*stage5\.0\.reparam_conv\.bias")
+
+
+def test_wrong_shapes(s0_fused_state, tmp_path):
+    state = dict(s0_fused_state)
+    state["linear.weight"] = np.zeros((1000, 1000), np.float32)
+    path = tmp_path / "shape.pth"
+    _save_zip_checkpoint(path, state)
+    _expect_error(path, r"linear\.weight -> head/kernel: expected \(1024, 1000\), "
+                        r"got \(1000, 1000\)", variant="s0")
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a PyTorch zip checkpoint|not a readable"):
+        porting.port_checkpoint(bad)
+    z = tmp_path / "other.pth"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("readme.txt", "hello")
+    _expect_error(z, "not a PyTorch checkpoint", out=tmp_path / "z.weights.h5")
     with pytest.raises(FileNotFoundError):
         porting.port_checkpoint(tmp_path / "absent.pth")
 
 
-def test_restricted_reader_refuses_code(tmp_path):
-    """A checkpoint whose pickle references anything but tensors is refused
-    before any of it runs."""
-    import pickle
-    import zipfile
-
+def test_refuses_arbitrary_globals(tmp_path):
+    """The zip reader never executes pickled code."""
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
     path = tmp_path / "evil.pth"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("evil/data.pkl", pickle.dumps({"x": Evil()}))
-    with pytest.raises(ValueError, match="refusing to unpickle"):
-        porting.read_checkpoint(path, use_torch=False)
+        z.writestr("evil/data.pkl", pickle.dumps({"a": Evil()}, protocol=2))
+    with pytest.raises(ValueError, match=r"refusing to unpickle (posix|os)\.system"):
+        porting.port_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
-
-
-def test_block_prefixes_follow_apple_indexing():
-    assert porting.block_prefix("apple", "stem") == "stage0"
-    assert porting.block_prefix("apple", "stage3_19") == "stage3.19"
-    assert porting.block_prefix("timm", "stage1_0") == "stages.0.0"
-    assert porting.block_prefix("mmpretrain", "stage4_1") == "backbone.stage4.1"
-    assert len(variants.block_specs("s0")) == 43

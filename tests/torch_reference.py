@@ -1,159 +1,197 @@
-"""Independent PyTorch reference fixtures (run in a SUBPROCESS: importing
-torchvision/timm in a process that imported TensorFlow segfaults).
+"""Independent PyTorch reference fixtures for the porting tests.
 
-For each variant, timm's ``mobileone_sN`` with random weights and randomised
-BatchNorm statistics is run in eval mode on a fixed input, and its state dict
-is saved in every supported key layout:
+Run as a SCRIPT in a subprocess (never import torch/timm next to TensorFlow):
 
-* ``timm_branched.pth`` / ``timm_fused.pth`` / ``timm_fused.safetensors``:
-  timm's own keys (fused = ``timm.utils.reparameterize_model``);
-* ``apple_*`` and ``mmpretrain_*``: the same tensors under Apple's
-  ml-mobileone and mmpretrain key names. Neither implementation can be
-  installed here, so these two layouts are produced by renaming (the names
-  were read from their source); the real Apple S0 checkpoint is tested
-  directly as well.
+    python tests/torch_reference.py OUT_DIR [--real CHECKPOINT --images DIR]
 
-With ``--shared DIR`` it also runs Apple's released fused S0 checkpoint (keys
-renamed onto timm's re-parameterized ``mobileone_s0``) on 8 real images,
-preprocessed with PIL like torchvision (bilinear short side 256, centre crop
-224), and saves the uint8-valued input and the logits.
+For every variant s0..s4 it builds timm's ``mobileone_sN`` with random
+weights and randomised BatchNorm statistics (running mean/var, weight, bias),
+runs a fixed random input (2x3x64x64, seed 0) in eval mode and writes:
 
-Usage: python tests/torch_reference.py OUT_DIR [--variants s0,s4] [--shared DIR] [--size 64]
+* ``{v}_timm.pth`` (timm unfused state_dict), ``{v}_timm_reparam.pth`` and
+  ``{v}_timm_reparam.safetensors`` (``timm.utils.reparameterize_model``);
+* ``{v}_apple.pth``, ``{v}_apple_fused.pth``, ``{v}_mmpretrain.pth`` and
+  ``{v}_mmpretrain_fused.pth``: the same weights under Apple's ml-mobileone
+  and mmpretrain key names, produced by renaming timm's keys (Apple's and
+  mmpretrain's code is not installable here; the renaming follows their
+  module definitions. Apple's real fused S0 checkpoint is tested directly);
+* ``{v}.npz``: ``x_nchw``, ``x_nhwc``, ``logits`` (eval-mode timm output).
+
+With ``--real``: Apple's fused S0 checkpoint renamed into timm's
+re-parameterized ``mobileone_s0`` (an independent forward pass), run on 8 real
+images from ``--images`` (RGB, bilinear resize of the short side to 256,
+centre crop 224, ImageNet mean/std) -> ``real_s0.npz`` (``x_nhwc`` 0..255
+after resize/crop, ``logits``). Also ``real_s0_torchload.npz``: every tensor of
+the real checkpoint as read by ``torch.load(weights_only=True)``.
 """
 
 import argparse
-import copy
 import os
 import re
+import sys
 
 import numpy as np
 import torch
+import timm
+from safetensors.torch import save_file
 
-
-def apple_key(key):
-    key = re.sub(r"^stem\.", "stage0.", key)
-    key = re.sub(r"^stages\.(\d+)\.", lambda m: f"stage{int(m.group(1)) + 1}.", key)
-    for a, b in ((r"conv_kxk\.", "rbr_conv."), (r"conv_scale\.", "rbr_scale."),
-                 (r"\.identity\.", ".rbr_skip."), (r"attn\.fc1", "se.reduce"),
-                 (r"attn\.fc2", "se.expand"), (r"^head\.fc\.", "linear.")):
-        key = re.sub(a, b, key)
-    return key
-
-
-def mmpretrain_key(key):
-    if key.startswith("head.fc."):
-        return key
-    key = re.sub(r"^stem\.", "stage0.", key)
-    key = re.sub(r"^stages\.(\d+)\.", lambda m: f"stage{int(m.group(1)) + 1}.", key)
-    key = re.sub(r"conv_kxk\.(\d+)\.bn\.", r"branch_conv_list.\1.norm.", key)
-    key = re.sub(r"conv_kxk\.(\d+)\.conv\.", r"branch_conv_list.\1.conv.", key)
-    key = key.replace("conv_scale.bn.", "branch_scale.norm.")
-    key = key.replace("conv_scale.conv.", "branch_scale.conv.")
-    key = key.replace(".identity.", ".branch_norm.")
-    key = key.replace("reparam_conv", "branch_reparam")
-    key = key.replace("attn.fc1", "se.conv1.conv").replace("attn.fc2", "se.conv2.conv")
-    return "backbone." + key
+VARIANTS = ("s0", "s1", "s2", "s3", "s4")
+BN = ("weight", "bias", "running_mean", "running_var")
 
 
 def randomize(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, t in model.state_dict().items():
+        for name, p in model.state_dict().items():
             if name.endswith("num_batches_tracked"):
                 continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
-            elif name.endswith(".weight") and t.ndim == 1:  # BN gamma
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim == 1:  # BN beta, biases
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-            else:  # conv / linear weights, fan-in scaled
-                fan_in = int(np.prod(t.shape[1:]))
-                t.copy_(torch.randn(t.shape, generator=g) * (1.0 / fan_in) ** 0.5)
+            if name.endswith("running_mean"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("running_var"):
+                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.5)
+            elif re.search(r"(bn|identity)\.weight$", name):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif re.search(r"(bn|identity)\.bias$", name):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif p.ndim == 4:
+                fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def save(state, path):
-    torch.save({k: v.clone() for k, v in state.items()}, path)
+def block_prefix(key, layout):
+    """timm block prefix -> Apple/mmpretrain prefix."""
+    if key.startswith("stem."):
+        new = "stage0." + key[5:]
+    elif key.startswith("stages."):
+        m = re.match(r"stages\.(\d)\.(\d+)\.(.*)", key)
+        new = f"stage{int(m.group(1)) + 1}.{m.group(2)}.{m.group(3)}"
+    elif key.startswith("head.fc."):
+        return ("linear." + key[8:]) if layout == "apple" else key
+    else:
+        raise KeyError(key)
+    return new if layout == "apple" else "backbone." + new
 
 
-def variant_fixtures(out, variant, size):
-    import timm
-    from safetensors.torch import save_file
-    from timm.utils.model import reparameterize_model
-    model = timm.create_model(f"mobileone_{variant}", pretrained=False).eval()
-    randomize(model, seed=int(variant[1:]) + 10)
-    rng = np.random.default_rng(0)
-    x_nhwc = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    x = torch.from_numpy(((x_nhwc / 255.0 - mean) / std).transpose(0, 3, 1, 2).copy())
-    with torch.no_grad():
-        logits = model(x).numpy()
-        fused = reparameterize_model(copy.deepcopy(model)).eval()
-        fused_logits = fused(x).numpy()
-    d = os.path.join(out, variant)
-    os.makedirs(d, exist_ok=True)
-    branched_sd, fused_sd = model.state_dict(), fused.state_dict()
-    save(branched_sd, f"{d}/timm_branched.pth")
-    save(fused_sd, f"{d}/timm_fused.pth")
-    save_file({k: v.contiguous() for k, v in fused_sd.items()}, f"{d}/timm_fused.safetensors")
-    for name, rename in (("apple", apple_key), ("mmpretrain", mmpretrain_key)):
-        for form, sd in (("branched", branched_sd), ("fused", fused_sd)):
-            save({rename(k): v for k, v in sd.items()}, f"{d}/{name}_{form}.pth")
-    n_params = sum(p.numel() for p in model.parameters())
-    n_fused = sum(p.numel() for p in fused.parameters())
-    np.savez(f"{d}/reference.npz", input=x_nhwc, logits=logits, fused_logits=fused_logits,
-             params=n_params, params_fused=n_fused)
+APPLE = [(r"\.conv_kxk\.", ".rbr_conv."), (r"\.conv_scale\.", ".rbr_scale."),
+         (r"\.identity\.", ".rbr_skip."), (r"\.attn\.fc1\.", ".se.reduce."),
+         (r"\.attn\.fc2\.", ".se.expand.")]
+MMPRE = [(r"\.conv_kxk\.(\d+)\.bn\.", r".branch_conv_list.\1.norm."),
+         (r"\.conv_kxk\.", ".branch_conv_list."),
+         (r"\.conv_scale\.bn\.", ".branch_scale.norm."), (r"\.conv_scale\.", ".branch_scale."),
+         (r"\.identity\.", ".branch_norm."), (r"\.reparam_conv\.", ".branch_reparam."),
+         (r"\.attn\.fc1\.", ".se.conv1.conv."), (r"\.attn\.fc2\.", ".se.conv2.conv.")]
 
 
-def real_s0_fixture(out, shared):
-    import timm
+def rename(state, layout):
+    out = {}
+    for key, value in state.items():
+        new = block_prefix(key, layout)
+        for rx, rep in (APPLE if layout == "apple" else MMPRE):
+            new = re.sub(rx, rep, new)
+        out[new] = value
+    return out
+
+
+def apple_to_timm(state):
+    """Apple fused keys -> timm re-parameterized keys (for the real checkpoint)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("linear."):
+            new = "head.fc." + key[7:]
+        elif key.startswith("stage0."):
+            new = "stem." + key[7:]
+        else:
+            m = re.match(r"stage(\d)\.(\d+)\.(.*)", key)
+            new = f"stages.{int(m.group(1)) - 1}.{m.group(2)}.{m.group(3)}"
+        new = new.replace(".se.reduce.", ".attn.fc1.").replace(".se.expand.", ".attn.fc2.")
+        out[new] = value
+    return out
+
+
+def variant_fixtures(out, size):
+    for i, v in enumerate(VARIANTS):
+        torch.manual_seed(i)
+        model = timm.create_model(f"mobileone_{v}", pretrained=False).eval()
+        randomize(model, seed=100 + i)
+        x = torch.from_numpy(np.random.default_rng(i).uniform(
+            -2, 2, (2, 3, size, size)).astype(np.float32))
+        with torch.no_grad():
+            logits = model(x).numpy()
+        sd = {k: t.clone() for k, t in model.state_dict().items()}
+        torch.save(sd, os.path.join(out, f"{v}_timm.pth"))
+        torch.save(rename(sd, "apple"), os.path.join(out, f"{v}_apple.pth"))
+        torch.save(rename(sd, "mmpretrain"), os.path.join(out, f"{v}_mmpretrain.pth"))
+        rep = timm.utils.reparameterize_model(model).eval()
+        with torch.no_grad():
+            logits_rep = rep(x).numpy()
+        rsd = {k: t.clone().contiguous() for k, t in rep.state_dict().items()}
+        torch.save(rsd, os.path.join(out, f"{v}_timm_reparam.pth"))
+        save_file(rsd, os.path.join(out, f"{v}_timm_reparam.safetensors"))
+        torch.save(rename(rsd, "apple"), os.path.join(out, f"{v}_apple_fused.pth"))
+        torch.save(rename(rsd, "mmpretrain"), os.path.join(out, f"{v}_mmpretrain_fused.pth"))
+        if v == "s0":  # what torch.load(weights_only=True) reads, for the reader test
+            np.savez(os.path.join(out, "s0_timm_torchload.npz"), **{
+                k: t.numpy() for k, t in torch.load(
+                    os.path.join(out, "s0_timm.pth"), weights_only=True).items()
+                if not k.endswith("num_batches_tracked")})
+        np.savez(os.path.join(out, f"{v}.npz"), x_nchw=x.numpy(),
+                 x_nhwc=x.numpy().transpose(0, 2, 3, 1), logits=logits,
+                 logits_reparam=logits_rep)
+
+
+def load_images(folder, n=8):
     from PIL import Image
-    from timm.utils.model import reparameterize_model
-    model = reparameterize_model(timm.create_model("mobileone_s0", pretrained=False)).eval()
-    apple = torch.load(os.path.join(shared, "mobileone_s0.pth.tar"), map_location="cpu",
-                       weights_only=True)
-    inverse = {apple_key(k): k for k in model.state_dict()}
-    model.load_state_dict({inverse[k]: v for k, v in apple.items()})
-    folder = os.path.join(shared, "imagenet-val-1300")
-    rows = open(os.path.join(folder, "labels.csv")).read().split()[1:9]
-    images, labels = [], []
+    import csv
+    with open(os.path.join(folder, "labels.csv")) as f:
+        rows = list(csv.DictReader(f))[:n]
+    images = []
     for row in rows:
-        file, label = row.split(",")
-        img = Image.open(os.path.join(folder, file)).convert("RGB")
+        img = Image.open(os.path.join(folder, row["file"])).convert("RGB")
         w, h = img.size
-        scale = 256 / min(w, h)
-        img = img.resize((max(256, int(w * scale)), max(256, int(h * scale))), Image.BILINEAR)
+        s = 256 / min(w, h)
+        img = img.resize((max(256, round(w * s)), max(256, round(h * s))),
+                         Image.BILINEAR)
         w, h = img.size
         left, top = (w - 224) // 2, (h - 224) // 2
-        images.append(np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32))
-        labels.append(int(label))
-    x_nhwc = np.stack(images)
+        img = img.crop((left, top, left + 224, top + 224))
+        images.append(np.asarray(img, np.float32))
+    return np.stack(images)
+
+
+def real_fixture(out, checkpoint, images):
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    np.savez(os.path.join(out, "real_s0_torchload.npz"),
+             **{k: v.numpy() for k, v in sd.items()})
+    model = timm.create_model("mobileone_s0", pretrained=False)
+    model = timm.utils.reparameterize_model(model).eval()
+    model.load_state_dict(apple_to_timm(sd), strict=True)
+    x = load_images(images)
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
-    x = torch.from_numpy(((x_nhwc / 255.0 - mean) / std).transpose(0, 3, 1, 2).copy())
+    xn = ((x / 255.0 - mean) / std).transpose(0, 3, 1, 2)
     with torch.no_grad():
-        logits = model(x).numpy()
-    np.savez(os.path.join(out, "real_s0.npz"), input=x_nhwc, logits=logits,
-             labels=np.array(labels))
+        logits = model(torch.from_numpy(np.ascontiguousarray(xn))).numpy()
+    np.savez(os.path.join(out, "real_s0.npz"), x_nhwc=x, logits=logits)
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--variants", default="s0,s1,s2,s3,s4")
-    p.add_argument("--shared", default=None)
-    p.add_argument("--size", type=int, default=64)
-    args = p.parse_args()
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--real", default=None)
+    parser.add_argument("--images", default=None)
+    args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for v in args.variants.split(","):
-        variant_fixtures(args.out, v, args.size)
-    if args.shared:
-        real_s0_fixture(args.out, args.shared)
+    torch.set_num_threads(1)
+    variant_fixtures(args.out, args.size)
+    if args.real:
+        real_fixture(args.out, args.real, args.images)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
