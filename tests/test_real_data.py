@@ -58,7 +58,7 @@ def test_scripts_reject_bad_input(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"),
                           f"--data={tmp_path}", "--weights=none", f"--json={tmp_path / 'r.json'}"],
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and "No images found" in run.stderr
+    assert run.returncode != 0 and "neither labels.csv nor class subfolders" in run.stderr
     assert not (tmp_path / "r.json").exists()
 
 
