@@ -183,7 +183,7 @@ def load_image(path, size, crop_pct=0.875):
         if size[0] != size[1]:
             raise ExportError(f"Only square input sizes are supported; got {size}")
         size = size[0]
-    return data.pil_eval_transform(os.fspath(path), int(size), crop_pct)
+    return np.asarray(data.pil_eval_transform(os.fspath(path), int(size), crop_pct), np.float32)
 
 
 def image_batches(folder, size, batch_size, max_batches):
