@@ -17,6 +17,7 @@ flags.DEFINE_integer("image_size", 224, "Centre-crop size.")
 
 
 def main(argv):
+    from mobileone_tf import cli
     images = argv[1:]
     if not images:
         raise app.UsageError("Give one or more image files.")
@@ -26,7 +27,7 @@ def main(argv):
         raise app.UsageError(f"No such image file: {', '.join(missing)}")
     import mobileone_tf
     from mobileone_tf import data
-    model = mobileone_tf.MobileOne(FLAGS.variant, weights=_weights(), fused=FLAGS.fused)
+    model = mobileone_tf.MobileOne(FLAGS.variant, weights=cli.weights_arg(FLAGS.weights), fused=FLAGS.fused)
     probs = model.predict(data.load_images(images, FLAGS.image_size), verbose=0)
     for path, top in zip(images, mobileone_tf.decode_predictions(probs, top=FLAGS.top)):
         print(path)
@@ -34,17 +35,6 @@ def main(argv):
             print(f"  {p:7.2%}  {name} ({synset})")
 
 
-def _weights():
-    return None if FLAGS.weights.lower() == "none" else FLAGS.weights
-
-
-def _main(argv):
-    try:
-        return main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(app.run(_main))
+    from mobileone_tf import cli
+    sys.exit(app.run(cli.run(main)))

@@ -25,6 +25,7 @@ flags.DEFINE_bool("per_image", False, "Keep per-image predictions in the JSON.")
 
 
 def main(argv):
+    from mobileone_tf import cli
     del argv
     from mobileone_tf import data, evaluation
     synsets = data.imagenet_synset_to_index() if data.is_synset_folder(FLAGS.data) else None
@@ -37,7 +38,8 @@ def main(argv):
         what = {"model": FLAGS.model}
     else:
         import mobileone_tf
-        model = mobileone_tf.MobileOne(FLAGS.variant, weights=_weights(), fused=FLAGS.fused,
+        model = mobileone_tf.MobileOne(FLAGS.variant, weights=cli.weights_arg(FLAGS.weights),
+                                       fused=FLAGS.fused,
                                        classifier_activation=None)
         predict = model.predict_on_batch
         what = {"variant": FLAGS.variant, "weights": FLAGS.weights, "fused": FLAGS.fused}
@@ -51,17 +53,6 @@ def main(argv):
         evaluation.write_json(summary, FLAGS.json)
 
 
-def _weights():
-    return None if FLAGS.weights.lower() == "none" else FLAGS.weights
-
-
-def _main(argv):
-    try:
-        return main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(app.run(_main))
+    from mobileone_tf import cli
+    sys.exit(app.run(cli.run(main)))

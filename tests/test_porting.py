@@ -219,6 +219,12 @@ def s0_fused_state(torch_ref):
 @functools.lru_cache(maxsize=None)
 def _script():
     import importlib.util
+    from absl import flags
+    # other scripts loaded in this process (e.g. export_acceptance) may have
+    # defined flags of the same names: absl forbids redefinition
+    for name in ("checkpoint", "output", "variant", "overwrite"):
+        if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
     spec = importlib.util.spec_from_file_location(
         "port_weights", os.path.join(ROOT, "scripts", "port_weights.py"))
     module = importlib.util.module_from_spec(spec)
