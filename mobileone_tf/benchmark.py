@@ -420,10 +420,19 @@ def tflite_graph_report(path, num_threads: int = 1) -> dict:
     ops = _op_counts(plain)
     xnn = Interpreter(model_path=str(path), num_threads=num_threads)
     xnn.allocate_tensors()
-    after = _op_counts(xnn)
-    partitions = after.pop("DELEGATE", 0)
-    return {"ops": ops, "delegate_partitions": partitions, "undelegated_ops": after,
-            "all_delegated": partitions >= 1 and not after}
+    # The node list keeps the replaced nodes; the DELEGATE nodes appended by
+    # XNNPACK say which tensors they consume and produce. Everything is
+    # delegated when one partition reads the graph input and writes the
+    # graph output.
+    delegates = [d for d in xnn._get_ops_details()  # noqa: SLF001
+                 if d["op_name"] == "DELEGATE"]
+    graph_in = {d["index"] for d in xnn.get_input_details()}
+    graph_out = {d["index"] for d in xnn.get_output_details()}
+    whole = any(graph_in <= set(map(int, d["inputs"])) and
+                graph_out <= set(map(int, d["outputs"])) for d in delegates)
+    return {"ops": ops, "delegate_partitions": len(delegates),
+            "undelegated_ops": {} if whole else {"unknown": -1},
+            "all_delegated": len(delegates) == 1 and whole}
 
 
 def _op_counts(interp) -> dict:
