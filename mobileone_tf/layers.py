@@ -229,6 +229,10 @@ class MobileOneBlock(keras.layers.Layer):
             raise ValueError(
                 f"Depthwise MobileOneBlock '{self.name}' needs filters == input "
                 f"channels; got filters={self.filters}, input channels={in_channels}")
+        if self.use_se and variants.se_channels(self.filters) < 1:
+            raise ValueError(
+                f"MobileOneBlock '{self.name}': squeeze-excite needs at least 16 "
+                f"channels (bottleneck int(C * 0.0625)); got filters={self.filters}")
         self.in_channels = in_channels
         pad, padding = _padding(self.kernel_size, self.strides)
         self.pad = keras.layers.ZeroPadding2D(pad, name="pad") if pad else None

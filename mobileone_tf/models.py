@@ -327,14 +327,19 @@ def assign_state(model, state: dict, skip_head_if_absent: bool = True):
                          + (f"\n  unexpected blocks in the weights: {unexpected}"
                             if unexpected else ""))
     plan = []  # validate everything before assigning anything
+    def full(name, pairs, values):  # full keys in error messages
+        return ([(f"{name}/{p}", layer) for p, layer in pairs],
+                {f"{name}/{k}": v for k, v in values.items()})
+
     for name, block in branched.items():
         values = sub[name]
         if "reparam/kernel" in values:
             plan.append(("fused-into-branched", block, values))
         else:
-            plan.append(("pairs", block._branch_layers(), values))
+            plan.append(("pairs", *full(name, block._branch_layers(), values)))
     for name in fused:
-        plan.append(("pairs", mo_layers.fused_block_layers(layers, name), sub[name]))
+        plan.append(("pairs", *full(name, mo_layers.fused_block_layers(layers, name),
+                                    sub[name])))
     if HEAD_NAME in layers:
         if "head" not in sub:
             raise ValueError("The model has a classifier ('predictions') but the "
@@ -396,13 +401,20 @@ def load_weights(model, path):
     from mobileone_tf import porting
     path = str(path)
     if path.endswith(".h5"):
-        state = porting.read_weights_h5(path)
+        state, attrs = porting.read_weights_h5(path, with_attrs=True)
         if state is None:  # a plain Keras weights file
             model.load_weights(path)
             return model
+        what = f"MobileOne-{str(attrs.get('variant', '?')).upper()} ({attrs.get('form')})"
     else:
-        state = porting.port_checkpoint(path).state
-    assign_state(model, state)
+        result = porting.port_checkpoint(path)
+        state = result.state
+        what = f"MobileOne-{result.variant.upper()} ({result.form}, {result.layout} layout)"
+    try:
+        assign_state(model, state)
+    except ValueError as e:
+        raise ValueError(f"{path} holds {what} weights that do not fit model "
+                         f"'{model.name}':\n{e}") from None
     return model
 
 

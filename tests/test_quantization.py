@@ -1,0 +1,171 @@
+"""Int8 QAT (TFMOT) and PTQ of the fused MobileOne: tiny runs on generated images."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+import mobileone_tf as mo
+from mobileone_tf import models
+from mobileone_tf import quantization as q
+
+SIZE = 64
+
+
+def _he_init(model, seed=0):
+    """He-normal kernels and small biases (the default init's activations vanish)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        k = layer.weights[0]
+        fan = np.prod(k.shape[:2]) if isinstance(layer, keras.layers.DepthwiseConv2D) \
+            else np.prod(k.shape[:-1])
+        layer.set_weights([rng.normal(0, np.sqrt(2 / fan), k.shape).astype("float32"),
+                           rng.normal(0, 0.1, layer.weights[1].shape).astype("float32")])
+    return model
+
+
+def _fused(variant, classes=10):
+    return _he_init(mo.MobileOne(variant, weights=None, fused=True, classes=classes,
+                                 input_shape=(SIZE, SIZE, 3), classifier_activation=None))
+
+
+def _write_images(folder, n, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = rng.integers(0, 256, (SIZE + 8, SIZE + 16, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_qat(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("qat")
+    folder = _write_images(tmp / "train" / "a", 16)
+    model = _fused("s0")
+    verify = np.random.default_rng(1).uniform(0, 255, (16, SIZE, SIZE, 3)).astype("float32")
+    train = q.image_folder_dataset(tmp / "train", image_size=SIZE, batch_size=4)
+    qat_model, path, report = q.quantization_aware_training(
+        model, train, tmp / "s0_int8.tflite", epochs=2, steps_per_epoch=2,
+        learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify, verbose=0)
+    return dict(tmp=tmp, model=model, qat=qat_model, path=path, report=report,
+                verify=verify, folder=folder)
+
+
+def test_tiny_qat_all_int8_and_matches_keras(tiny_qat):
+    r = tiny_qat["report"]
+    assert os.path.isfile(tiny_qat["path"])
+    assert r["float_ops"] == []
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(r["ops"])
+    assert set(r["ops"]) & {"QUANTIZE", "DEQUANTIZE"}  # float I/O: only at the edges
+    # the TFLite kernels round differently from TF's fake-quant: allow a few
+    # output quantization steps, and the class must agree on (nearly) every image
+    assert r["max_abs_diff"] <= 4 * r["output_scale"], r
+    assert r["top1_agreement"] >= 15 / 16, r
+    assert len(r["history"]["kd_loss"]) == 2
+    assert sorted(os.listdir(tiny_qat["tmp"] / "ckpt"))  # checkpoints written
+
+
+def test_int8_io_export(tiny_qat):
+    path, r = q.export_tflite(tiny_qat["qat"], tiny_qat["tmp"] / "io_int8.tflite", io="int8",
+                              verify_data=tiny_qat["verify"][:8])
+    assert r["float_ops"] == [] and "QUANTIZE" not in r["ops"]
+    assert r["top1_agreement"] >= 7 / 8
+    from ai_edge_litert.interpreter import Interpreter
+    interp = Interpreter(model_path=path)
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_resume_from_checkpoint(tiny_qat):
+    """Resuming a finished run trains nothing (epoch restored from the checkpoint)."""
+    student, _ = q.to_tf_keras(tiny_qat["model"])
+    teacher, _ = q.to_tf_keras(tiny_qat["model"])
+    qm = q.quantize(student)
+    train = q.image_folder_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
+    assert q.fine_tune(qm, teacher, train, epochs=2, steps_per_epoch=2,
+                       checkpoint_dir=tiny_qat["tmp"] / "ckpt", verbose=0) is None
+    x = tiny_qat["verify"][:4]
+    np.testing.assert_allclose(qm(x).numpy(), tiny_qat["qat"](x).numpy(), atol=1e-5)
+
+
+def test_legacy_keras_flag_does_not_leak(tiny_qat):
+    assert "TF_USE_LEGACY_KERAS" not in os.environ
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0)
+    assert isinstance(model, keras.Model) and keras.__version__.startswith("3")
+    m = mo.MobileOne("s0", weights=None, input_shape=(32, 32, 3), classes=3)
+    assert m(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 3)
+
+
+def test_s4_squeeze_excite_quantizes(tmp_path):
+    model = _fused("s4")
+    tfk, variant = q.to_tf_keras(model)
+    assert variant == "s4"
+    x = np.random.default_rng(2).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(tfk(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    qm = q.quantize(tfk)
+    se = [l for l in qm.layers if l.name.endswith("_se_scale")]
+    assert se and all(type(l).__name__ == "QuantizeWrapperV2" for l in se)
+    path, r = q.export_tflite(qm, tmp_path / "s4.tflite", verify_data=x)
+    assert r["float_ops"] == [] and "MUL" in r["ops"] and "LOGISTIC" in r["ops"]
+    assert r["top1_agreement"] >= 3 / 4
+
+
+def test_ptq(tmp_path):
+    model = _fused("s0")
+    x = np.random.default_rng(3).uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
+    path, r = q.ptq_tflite(model, tmp_path / "ptq.tflite", [x], steps=8)
+    assert r["float_ops"] == []
+    out = q.run_tflite(path, x)
+    assert out.shape == (8, 10)
+    # int8 logits track the float ones (relative to their range)
+    ref = model(x).numpy()
+    assert np.abs(out - ref).max() < 0.1 * (ref.max() - ref.min())
+
+
+# --- bad input: clear errors, nothing written --------------------------------
+def test_empty_and_unreadable_folder(tmp_path):
+    out = tmp_path / "o.tflite"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images"):
+        q.quantization_aware_training(_fused("s0"), tmp_path / "empty", out)
+    with pytest.raises(ValueError, match="not found"):
+        q.quantization_aware_training(_fused("s0"), tmp_path / "missing", out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Unreadable"):
+        q.quantization_aware_training(_fused("s0"), bad, out)
+    assert not out.exists()
+
+
+def test_branched_and_foreign_models(tmp_path):
+    out = tmp_path / "o.tflite"
+    branched = mo.MobileOne("s0", weights=None, input_shape=(SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match="fuse"):
+        q.quantization_aware_training(branched, tmp_path, out)
+    foreign = keras.Sequential([keras.Input((SIZE, SIZE, 3)),
+                                keras.layers.Conv2D(4, 3, name="stem_conv"),
+                                keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(3, name="predictions")])
+    with pytest.raises(ValueError, match="Not a fused MobileOne"):
+        q.quantization_aware_training(foreign, tmp_path, out)
+    with pytest.raises(ValueError, match="include_top"):
+        q.to_tf_keras(mo.fuse(mo.MobileOne("s0", weights=None, include_top=False,
+                                           input_shape=(SIZE, SIZE, 3))))
+    assert not out.exists()
+
+
+def test_variant_weights_mismatch(shared_data):
+    """qat.py builds its float model with MobileOne(weights=PATH): an S0
+    checkpoint for an S1 model fails clearly, naming what the file holds."""
+    with pytest.raises(ValueError, match="holds MobileOne-S0"):
+        mo.MobileOne("s1", weights=str(shared_data / "mobileone_s0.pth.tar"), fused=True,
+                     input_shape=(SIZE, SIZE, 3), classifier_activation=None)

@@ -1,0 +1,112 @@
+"""``weights="imagenet"`` resolution (cache -> mirror -> download) and class names."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mobileone_tf import models, porting, weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    """Empty Keras cache, no mirror, no network."""
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
+
+    def offline(entry, cache_dir):
+        raise OSError(f"URL fetch failure on {entry['url']} (offline test)")
+    monkeypatch.setattr(weights, "_download", offline)
+    return home
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch, shared_data):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    os.symlink(shared_data / "mobileone_s0.pth.tar", folder / "mobileone_s0.pth.tar")
+    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
+    return folder
+
+
+def test_mirror_then_cache_reuse(fresh_home, mirror, monkeypatch):
+    path = weights.imagenet_weights_path("s0", fused=True)
+    assert path == str(fresh_home / "models" / "mobileone_tf" / "mobileone_s0.weights.h5")
+    state, attrs = porting.read_weights_h5(path, with_attrs=True)
+    assert attrs["variant"] == "s0" and attrs["form"] == "fused"
+    assert attrs["source"].endswith("/mobileone_s0.pth.tar")
+    assert porting.count_params(state) == 2_078_504
+    # second call: served from the cache even with the mirror gone
+    monkeypatch.delenv(weights.ENV_MIRROR)
+    mtime = os.path.getmtime(path)
+    # a branched model has no unfused checkpoint here: the fused file serves it
+    assert weights.imagenet_weights_path("s0", fused=False) == path
+    assert weights.imagenet_weights_path("s0", fused=True) == path
+    assert os.path.getmtime(path) == mtime
+    assert sorted(os.listdir(os.path.dirname(path))) == ["mobileone_s0.weights.h5"]
+
+
+def test_imagenet_models_from_mirror(fresh_home, mirror):
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    fused = models.MobileOne("s0", weights="imagenet", fused=True, input_shape=(64, 64, 3))
+    branched = models.MobileOne("s0", weights="imagenet", input_shape=(64, 64, 3))
+    a, b = np.asarray(fused(x)), np.asarray(branched(x))
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()  # float32 branch sums
+    assert abs(float(a.sum()) - 1.0) < 1e-4  # softmax probabilities
+
+
+def test_offline_error_names_file_and_folder(fresh_home):
+    with pytest.raises(FileNotFoundError) as info:
+        weights.imagenet_weights_path("s2", fused=False)
+    msg = str(info.value)
+    assert weights.BASE_URL + "mobileone_s2_unfused.pth.tar" in msg
+    assert weights.BASE_URL + "mobileone_s2.pth.tar" in msg
+    assert weights.ENV_MIRROR in msg and "unset" in msg
+    with pytest.raises(FileNotFoundError, match="mobileone_s1.pth.tar"):
+        models.MobileOne("s1", weights="imagenet", fused=True)
+    assert not os.listdir(fresh_home / "models" / "mobileone_tf")
+
+
+def test_wrong_sha256_is_refused(fresh_home, tmp_path, monkeypatch):
+    folder = tmp_path / "badmirror"
+    folder.mkdir()
+    (folder / "mobileone_s0.pth.tar").write_bytes(b"corrupted download")
+    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not match.*968b1f85"):
+        weights.imagenet_weights_path("s0", fused=True)
+    assert not os.listdir(fresh_home / "models" / "mobileone_tf")
+
+
+def test_class_index_from_mirror_csv(fresh_home, tmp_path, monkeypatch, shared_data):
+    folder = tmp_path / "classes"
+    folder.mkdir()
+    shutil.copy(shared_data / "imagenet_classes.csv", folder / "imagenet_classes.csv")
+    monkeypatch.setattr(weights, "CLASS_INDEX_URL", "http://127.0.0.1:9/none.json")
+    with pytest.raises(FileNotFoundError, match="imagenet_classes.csv"):
+        weights.imagenet_class_index()
+    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
+    index = weights.imagenet_class_index()
+    assert len(index) == 1000
+    assert index[0] == ("n01440764", "tench")
+    assert index[1] == ("n01443537", "goldfish")
+    assert all(" " not in name for _, name in index)
+    # cached under mobileone_tf's own name, never under Keras' own file name
+    assert not (fresh_home / "models" / weights.CLASS_INDEX_FILE).exists()
+    monkeypatch.delenv(weights.ENV_MIRROR)
+    assert weights.imagenet_class_index() == index
+    decoded = models.decode_predictions(np.eye(1000, dtype="float32")[[1]], top=1)
+    assert decoded[0][0][:2] == ("n01443537", "goldfish")
+
+
+def test_manifest_matches_code():
+    with open(os.path.join(ROOT, "checkpoints", "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["checkpoints"] == weights.CHECKPOINTS
+    assert {(e["variant"], e["form"]) for e in weights.CHECKPOINTS} == {
+        (v, f) for v in ("s0", "s1", "s2", "s3", "s4") for f in ("fused", "branched")}

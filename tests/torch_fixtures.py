@@ -1,0 +1,36 @@
+"""Session fixture: runs tests/torch_reference.py once in a subprocess.
+
+torch/timm are never imported into the pytest process (importing torchvision
+after TensorFlow crashes); the subprocess writes checkpoints and ``.npz``
+logits into a temporary folder.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+SCRIPT = pathlib.Path(__file__).with_name("torch_reference.py")
+
+
+@pytest.fixture(scope="session")
+def torch_ref(test_tmp):
+    """Folder with the reference fixtures (see torch_reference.py); skips when
+    torch/timm are not importable."""
+    probe = subprocess.run([sys.executable, "-c", "import torch, timm, safetensors"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("torch/timm not importable (pip install -e '.[dev]'): "
+                    + probe.stderr.strip().splitlines()[-1:][0] if probe.stderr else "")
+    out = test_tmp / "torch_ref"
+    cmd = [sys.executable, str(SCRIPT), str(out)]
+    if (SHARED_DATA / "mobileone_s0.pth.tar").is_file():
+        cmd += ["--real", str(SHARED_DATA / "mobileone_s0.pth.tar"),
+                "--images", str(SHARED_DATA / "imagenet-val-1300")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torch_reference.py failed:\n{proc.stderr[-4000:]}")
+    return out
