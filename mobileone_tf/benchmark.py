@@ -262,7 +262,10 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
         from mobileone_tf.models import MobileOne
         if form not in ("fused", "branched"):
             raise ValueError(f"form must be 'fused' or 'branched', got {form!r}")
-        return MobileOne(name.split("_", 1)[1], weights=None, input_tensor=inp,
+        # input_shape, not input_tensor: the export helper wants a single
+        # model.input tensor; the runners/converters fix the batch to 1.
+        return MobileOne(name.split("_", 1)[1], weights=None,
+                         input_shape=(image_size, image_size, 3),
                          fused=form == "fused", name=name)
     apps = keras.applications
     builders = {
@@ -351,25 +354,33 @@ def _calibration(n=8, image_size=IMAGE_SIZE, seed=0):
 def to_tflite(model, path, quantize: str = "float32") -> str:
     """Writes a TFLite flatbuffer (fixed batch of the model's input).
 
-    Uses ``mobileone_tf.export.to_tflite`` when available, else
-    ``tf.lite.TFLiteConverter.from_keras_model``. int8: full-integer
-    weights and activations (float I/O) calibrated on random images (fine for
-    latency, not for accuracy).
+    MobileOne models go through ``mobileone_tf.export.to_tflite`` (the
+    deployed path; ``fuse=False`` so the given form is kept); baselines,
+    study nets and int8 MobileOne without a calibration folder
+    (env ``MOBILEONE_BENCH_CALIBRATION``) use
+    ``tf.lite.TFLiteConverter.from_keras_model``. int8 is full-integer with
+    float32 I/O; random-image calibration is fine for latency, not accuracy.
     """
     if quantize not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {TFLITE_QUANTIZATIONS}")
     path = pathlib.Path(path)
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calib = os.environ.get("MOBILEONE_BENCH_CALIBRATION")
+    if model.name.startswith("mobileone_") and (quantize != "int8" or calib):
+        # The project's export path (what users deploy). fuse=False: the
+        # model is timed in the form it was built in (fused or branched).
         from mobileone_tf import export as mo_export
-        mode = "none" if quantize == "float32" else quantize
-        mo_export.to_tflite(model, str(path), quantize=mode,
-                            calibration_data=(lambda: _calibration())
-                            if quantize == "int8" else None,
-                            calibration_steps=8, overwrite=True, verify=False)
+        mo_export.to_tflite(model, str(path), quantize="none" if quantize == "float32"
+                            else quantize, calibration_data=calib, calibration_steps=8,
+                            batch_size=1,
+                            input_size=int(model.inputs[0].shape[1]), fuse=False,
+                            overwrite=True, verify=False)
         return str(path)
-    except ImportError:
-        pass
     import tensorflow as tf
+    if model.inputs[0].shape[0] is None:  # XNNPACK wants a fixed batch
+        import keras
+        inp = keras.Input(batch_shape=(1,) + tuple(model.inputs[0].shape[1:]), name="image")
+        model = keras.Model(inp, model(inp), name=model.name)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -388,7 +399,7 @@ def to_onnx(model, path) -> str:
     import tensorflow as tf
     import tf2onnx
     path = pathlib.Path(path)
-    spec = [tf.TensorSpec(tuple(model.inputs[0].shape), tf.float32, name="image")]
+    spec = [tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), tf.float32, name="image")]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
     _atomic_write(path, proto.SerializeToString())
     return str(path)
