@@ -1,0 +1,150 @@
+"""Benchmark library: MAC counter vs hand counts, rank correlation, report
+formats, device-log import, and a tiny end-to-end script run. No timing
+assertions (timings depend on the machine's load)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import keras
+
+from mobileone_tf import benchmark as bm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_mac_counter_small_graph_hand_counted():
+    inp = keras.Input(batch_shape=(1, 16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inp)        # 8x8x8 * 27
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)              # 8x8x8 * 9
+    x = keras.layers.Conv2D(16, 1, groups=2)(x)                         # 8x8x16 * 4
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(10)(x)                                       # 16 * 10
+    d = bm.count_macs_detail(keras.Model(inp, x))
+    assert d["conv"] == 8 * 8 * 8 * 27 + 8 * 8 * 16 * 4
+    assert d["depthwise"] == 8 * 8 * 8 * 9
+    assert d["dense"] == 160
+    assert d["total"] == 8 * 8 * 8 * 27 + 8 * 8 * 8 * 9 + 8 * 8 * 16 * 4 + 160
+
+
+def test_mac_counter_mobilenet_v2_and_mobileone_s0():
+    # Keras docs: MobileNetV2 1.0/224 = 300 M MACs; paper Table 7: S0 275 M.
+    macs = bm.count_macs(bm.build_model("mobilenet_v2"))
+    assert 295e6 < macs < 305e6, macs
+    fused = bm.count_macs(bm.build_model("mobileone_s0", "fused"))
+    assert abs(fused / 1e6 - 275) < 2, fused
+    branched = bm.count_macs(bm.build_model("mobileone_s0", "branched"))
+    assert 3.6 < branched / fused < 4.0  # k=4 branches + 1x1 scale
+
+
+def test_mac_counter_needs_static_shapes():
+    inp = keras.Input((None, None, 3))
+    with pytest.raises(ValueError, match="static"):
+        bm.count_macs(keras.Model(inp, keras.layers.Conv2D(4, 3)(inp)))
+
+
+def test_spearman_matches_definition():
+    assert bm.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bm.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties: average ranks; classic textbook value
+    np.testing.assert_allclose(bm.rankdata([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    assert bm.spearman(x, y) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    with pytest.raises(ValueError):
+        bm.spearman([1, 2], [1, 2])
+
+
+ANDROID_LOG = """\
+INFO: Graph: [/data/local/tmp/mobileone_s0_fused_float32.tflite]
+INFO: Num threads: [4]
+INFO: Use xnnpack: [1]
+INFO: count=50 first=1234 curr=1001 min=980 max=1100 avg=1010.5 std=20
+INFO: count=200 first=1000 curr=990 min=950 max=1200 avg=1000 std=15
+INFO: Graph: [/data/local/tmp/mobileone_s1_fused_int8.tflite]
+INFO: Use gpu: [1]
+INFO: count=100 first=900 curr=800 min=780 max=850 avg=800 std=5
+"""
+
+
+def test_import_benchmark_model_log(tmp_path):
+    p = tmp_path / "pixel.txt"
+    p.write_text(ANDROID_LOG)
+    res = bm.import_device_results(p)
+    a, b = res["rows"]
+    assert (a["model"], a["form"], a["runtime"], a["threads"]) == (
+        "mobileone_s0", "fused", "tflite-float32-xnnpack", 4)
+    assert a["median_ms"] == pytest.approx(1.0) and a["runs"] == 200  # last count= line
+    assert (b["model"], b["runtime"], b["threads"]) == ("mobileone_s1", "tflite-int8-gpu", 1)
+    assert "| mobileone_s0 | fused | tflite-float32-xnnpack | 4 | 1.00 |" in bm.to_markdown(res)
+    (tmp_path / "empty.txt").write_text("nothing here")
+    with pytest.raises(ValueError, match="No benchmark results"):
+        bm.import_device_results(tmp_path / "empty.txt")
+
+
+def test_import_coreml_report(tmp_path):
+    p = tmp_path / "iphone.json"
+    p.write_text(json.dumps({"device": "iPhone 12", "os": "iOS 17", "results": [
+        {"model": "mobileone_s0_fused_float16.mlpackage", "compute_units": "all",
+         "median_ms": 0.95}]}))
+    (row,) = bm.import_device_results(p)["rows"]
+    assert row["runtime"] == "coreml-float16-all" and row["top1"] == 71.4
+
+
+def test_report_formats(tmp_path):
+    rows = [{"model": m, "form": "fused", "runtime": "tflite-float32", "threads": 2,
+             "median_ms": lat, "p90_ms": lat * 1.1, "mean_ms": lat, "min_ms": lat, "runs": 100,
+             "params": p, "macs": macs, "file_bytes": 2 ** 20, "top1": 70.0}
+            for m, lat, p, macs in (("mobileone_s0", 2.0, 2e6, 275e6),
+                                    ("mobilenet_v2", 1.0, 3.5e6, 300e6),
+                                    ("mobileone_s1", 8.0, 4.8e6, 825e6))]
+    rows.append(dict(rows[0], form="branched", median_ms=8.0, macs=1050e6))
+    res = {"machine": bm.machine_info(), "gemm": {2: {"gflops": 100.0}}, "rows": rows,
+           "graphs": {}, "errors": []}
+    bm._finish_rows(res["rows"], res["gemm"])
+    assert rows[0]["gflops"] == pytest.approx(2 * 275e6 / 2e-3 / 1e9)
+    assert rows[0]["peak_ratio"] == pytest.approx(rows[0]["gflops"] / 100)
+    res["correlation"] = bm.correlations(rows)
+    assert res["correlation"]["tflite-float32@2"]["spearman_macs"] == pytest.approx(0.5)
+    res["findings"] = bm.findings(res)
+    assert res["findings"]["fused_speedup"][0]["speedup"] == pytest.approx(4.0)
+    md = bm.to_markdown(res)
+    assert "| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 2.00 | 275.0 | 1.00 |" in md
+    assert "Spearman" in md and res["machine"]["cpu"] in md
+    bm.write_json(res, tmp_path / "r.json")
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert {"machine", "gemm", "rows"} <= set(back) and back["rows"][0]["macs"] == 275e6
+    bm.plot(res, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="Unknown runtimes"):
+        bm.run({"runtimes": ["tvm"]})
+    with pytest.raises(ValueError, match="Unknown benchmark config"):
+        bm.run({"nope": 1})
+
+
+def test_script_end_to_end_tiny(tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"),
+           "--models", "mobileone_s0", "--forms", "fused", "--runtimes", "tflite",
+           "--quantizations", "float32", "--threads", "1", "--runs", "3", "--warmup", "1",
+           "--image_size", "64", "--json", str(out), "--markdown", str(tmp_path / "r.md"),
+           "--workdir", str(tmp_path / "wd")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert not res["errors"], res["errors"]
+    (row,) = res["rows"]
+    assert row["runtime"] == "tflite-float32" and row["runs"] == 3 and row["threads"] == 1
+    assert row["macs"] > 0 and row["file_bytes"] > 0 and row["peak_ratio"] > 0
+    assert res["gemm"]["1"]["gflops"] > 0
+    chk = res["findings"]["graph_checks"]["mobileone_s0_fused_float32"]
+    assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
+    assert chk["conv_ops"] == chk["expected_conv_ops"]
+    assert "| mobileone_s0 | fused | tflite-float32 | 1 |" in (tmp_path / "r.md").read_text()
