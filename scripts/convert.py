@@ -23,6 +23,8 @@ flags.DEFINE_string("output", None, "Output path (.tflite, .mlpackage, .onnx, or
 flags.DEFINE_string("quantize", "none",
                     "tflite: none|float16|dynamic|int8; coreml: none|float32|int8|palettize4.")
 flags.DEFINE_string("calibration_data", None, "Image folder for int8 calibration (tflite).")
+flags.DEFINE_bool("equalize", True, "int8: equalize activation ranges first "
+                  "(exact float rescaling, mobileone_tf.quantization.equalize_activations).")
 flags.DEFINE_integer("calibration_steps", 100, "Representative-dataset batches for int8.")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8", "uint8"],
                   "Input/output type of an int8 TFLite model.")
@@ -86,6 +88,7 @@ def main(argv):
     if fmt == "tflite":
         kwargs.update(calibration_data=FLAGS.calibration_data,
                       calibration_steps=FLAGS.calibration_steps,
+                      equalize=FLAGS.equalize,
                       int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io)
     elif fmt == "onnx":
         kwargs["opset"] = FLAGS.opset

@@ -22,6 +22,8 @@ flags.DEFINE_integer("image_size", 224, "training/export input size (pixels)")
 flags.DEFINE_float("learning_rate", 1e-5, "Adam learning rate (cosine decay)")
 flags.DEFINE_float("temperature", 2.0, "distillation temperature")
 flags.DEFINE_enum("io", "float32", ["float32", "int8", "uint8"], "TFLite input/output type")
+flags.DEFINE_integer("calibration_steps", 10,
+                     "batches to set the activation ranges before QAT (0: TFMOT's [-6, 6])")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint each epoch here and resume")
 flags.DEFINE_bool("overwrite", False, "overwrite --output")
 FLAGS = flags.FLAGS
@@ -47,7 +49,7 @@ def main(argv):
         model, train, FLAGS.output, epochs=FLAGS.epochs,
         steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
         temperature=FLAGS.temperature, io=FLAGS.io, checkpoint_dir=FLAGS.checkpoint_dir,
-        overwrite=FLAGS.overwrite)
+        calibration_steps=FLAGS.calibration_steps, overwrite=FLAGS.overwrite)
     print(f"Wrote {path}: {report['size_bytes'] / 1e6:.2f} MB, ops {report['ops']}")
 
 

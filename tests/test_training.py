@@ -1,0 +1,228 @@
+"""Training: schedules vs hand-computed values, coupled L2 vs PyTorch's
+formula, a short from-scratch run (loss falls), resume after a crash, fuse of
+the trained model, fine-tune initialisation, bad-input errors."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from mobileone_tf import models as mo_models
+from mobileone_tf import training
+from tests.helpers import randomize_batchnorm, rel_max_diff
+
+
+def test_warmup_cosine_hand_values():
+    s = training.WarmupCosine(0.4, total_steps=1000, warmup_steps=100,
+                              warmup_start_factor=0.001, min_lr=1e-6)
+    # warm-up: 0.4 * (0.001 + 0.999 * step / 100)
+    assert float(s(0)) == pytest.approx(0.0004, rel=1e-5)
+    assert float(s(50)) == pytest.approx(0.4 * (0.001 + 0.999 * 0.5), rel=1e-5)
+    assert float(s(100)) == pytest.approx(0.4, rel=1e-6)
+    # cosine: half-way through 100..1000 is step 550 -> (0.4 + 1e-6) / 2
+    assert float(s(550)) == pytest.approx((0.4 + 1e-6) / 2, rel=1e-5)
+    assert float(s(325)) == pytest.approx(1e-6 + (0.4 - 1e-6) * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-5)
+    assert float(s(1000)) == pytest.approx(1e-6, rel=1e-3)
+    assert float(s(5000)) == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_weight_decay_cosine_and_lr_scaling():
+    wd = training.CosineWeightDecay(1e-4, total_steps=300, min_value=1e-5)
+    assert float(wd(0)) == pytest.approx(1e-4, rel=1e-6)
+    assert float(wd(150)) == pytest.approx(5.5e-5, rel=1e-5)
+    assert float(wd(300)) == pytest.approx(1e-5, rel=1e-5)
+    cfg = training.TrainConfig(batch_size=512, epochs=300)
+    opt = training.make_optimizer(cfg, steps_per_epoch=10)
+    lr = opt.learning_rate  # the schedule: 0.1 * 512 / 256 = 0.2 peak at step 50
+    assert opt._learning_rate(50).numpy() == pytest.approx(0.2, rel=1e-6)
+    assert opt.use_ema and opt.ema_momentum == 0.9995 and opt.momentum == 0.9
+    assert not opt.nesterov
+
+
+def test_stages_scale_with_epochs():
+    assert training.TrainConfig(variant="s0").stages() == [
+        (0, 37, 160, 0.0), (37, 112, 192, 0.0), (112, 300, 224, 0.0)]
+    st = training.TrainConfig(variant="s1", epochs=30).stages()
+    assert [(a, b, s) for a, b, s, _ in st] == [(0, 4, 160), (4, 11, 192), (11, 30, 224)]
+    assert st[0][3] < st[1][3] < st[2][3]
+
+
+def test_coupled_l2_matches_pytorch_sgd_formula():
+    """Three steps of SGDCoupledL2 vs the torch.optim.SGD update written out:
+    g' = g + wd*w; b = m*b + g'; w -= lr*b; BN/bias excluded."""
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    grads = [np.array([0.1, 0.2, -0.3], np.float32) * (k + 1) for k in range(3)]
+    lr, m, wd = 0.1, 0.9, 0.01
+    for excluded in (False, True):
+        v = keras.Variable(w0.copy())
+        opt = training.SGDCoupledL2(l2=wd, learning_rate=lr, momentum=m)
+        opt.build([v])
+        if excluded:
+            opt.exclude_from_weight_decay(var_list=[v])
+        w, b = w0.astype(np.float64), np.zeros(3)
+        for g in grads:
+            opt.apply([g], [v])
+            gp = g + (0 if excluded else wd) * w
+            b = m * b + gp
+            w = w - lr * b
+        np.testing.assert_allclose(v.numpy(), w, rtol=1e-6)
+
+
+def test_no_decay_variables_are_bn_and_bias():
+    model = mo_models.MobileOne("s0", weights=None, classes=3, input_shape=(32, 32, 3))
+    nd = {v.path for v in training.no_decay_variables(model)}
+    assert "predictions/bias" in nd and not any("kernel" in p for p in nd)
+    assert any("gamma" in p for p in nd) and any("beta" in p for p in nd)
+
+
+# ---------------------------------------------------------------------------
+# Tiny generated data set: class = which colour channel is brightest
+# ---------------------------------------------------------------------------
+def _arrays(n, size, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    x = rng.uniform(0, 120, (n, size, size, 3)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, ..., c] += 120
+    return x, y
+
+
+def _train_fn(n=48, batch=16, classes=3):
+    def fn(size, magnitude):
+        x, y = _arrays(n, size, classes)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True)
+    return fn
+
+
+def _val(size=32, classes=3):
+    x, y = _arrays(32, size, classes, seed=1)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def _tiny_config(**kw):
+    base = dict(variant="s0", epochs=3, batch_size=16, base_lr=0.1, warmup_epochs=0.0,
+                image_sizes=(32, 48), resize_epochs=(0, 2), resize_reference_epochs=3,
+                eval_image_size=32, ema_decay=0.0, verbose=0, weight_decay=1e-4)
+    base.update(kw)
+    return training.TrainConfig(**base)
+
+
+def test_from_scratch_loss_falls_fuses_and_writes_outputs(tmp_path):
+    """The branched (train-time) S0, one resolution: tracing its train step is
+    the slow part (~1 min on 2 cores), so this is the only branched fit."""
+    keras.utils.set_random_seed(0)
+    cfg = _tiny_config(epochs=4, image_sizes=(32,), resize_epochs=(0,))
+    out = tmp_path / "run"
+    s = training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3)
+    import csv
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 4
+    assert losses[-1] < 0.8 * losses[0], losses
+    for name in ("best.weights.h5", "last.weights.h5", "fused.keras",
+                 "fused.weights.h5", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "backup").exists()
+    summary = json.load(open(out / "summary.json"))
+    assert summary["epochs"] == 4 and summary["train_images_per_sec"] > 0
+    assert summary["best_val_top1"] == max(float(r["val_accuracy"]) for r in rows)
+    # trained (branched) model fuses with identical predictions
+    x, _ = _arrays(8, 40, seed=3)
+    p_branched = s["model"].predict(x, verbose=0)
+    fused = keras.models.load_model(out / "fused.keras")
+    np.testing.assert_allclose(fused.predict(x, verbose=0), p_branched, atol=1e-5)
+    assert mo_models.model_form(fused) == "fused"
+
+
+def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
+    """Resume mechanics (two resolution stages, EMA) on the fused model, whose
+    train step traces 10x faster than the branched one."""
+    keras.utils.set_random_seed(0)
+    cfg = _tiny_config(ema_decay=0.9, fused=True)
+    out = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, _train_fn(), _val(), 3, out, steps_per_epoch=3,
+                       extra_callbacks=[training.FailAt(epoch=2, batch=1)])
+    meta = json.load(open(os.path.join(out, "backup", "training_metadata.json")))
+    assert meta["epoch"] == 2       # epochs 0 and 1 completed
+    started = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append((epoch, int(self.model.optimizer.iterations.numpy())))
+
+    s = training.train(cfg, _train_fn(), _val(), 3, out, steps_per_epoch=3,
+                       extra_callbacks=[Record()])
+    # resumed at epoch 2 with the optimizer step counter restored (2 epochs x 3 steps)
+    assert started == [(2, 6)]
+    assert s["epochs"] == 3 or s["epochs"] >= 3
+
+
+def test_finetune_init_equals_source_model(tmp_path):
+    """Fused source (random weights, random 'BN-folded' biases) -> branched
+    trainable model: first evaluation equals the source model's."""
+    src = mo_models.MobileOne("s0", weights=None, classes=3, input_shape=(None, None, 3),
+                              fused=True)
+    rng = np.random.default_rng(0)
+    for w in src.weights:
+        if w.path.endswith("bias"):
+            w.assign(rng.normal(0, 0.2, w.shape).astype("float32"))
+    state = mo_models.get_state(src)
+    cfg = _tiny_config(weights=state)
+    model = training.build_model(cfg, classes=3)
+    assert mo_models.model_form(model) == "branched"
+    x, y = _arrays(16, 64, seed=5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), src.predict(x, verbose=0),
+                               atol=2e-5)
+    for m in (src, model):
+        m.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    e_src = src.evaluate(x, y, verbose=0, return_dict=True)
+    e_new = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert e_new["accuracy"] == e_src["accuracy"]
+    assert e_new["loss"] == pytest.approx(e_src["loss"], abs=1e-5)
+    # new head for a different class count keeps the backbone
+    model5 = training.build_model(cfg, classes=5)
+    feats = lambda m: keras.Model(m.input, m.get_layer("avg_pool").output).predict(x, verbose=0)
+    np.testing.assert_allclose(feats(model5), feats(src), atol=2e-5)
+
+
+def _folder(root, classes, n=2):
+    from PIL import Image
+    for c in classes:
+        d = root / c
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((40, 40, 3), 50 * i, np.uint8)).save(d / f"{i}.jpg")
+    return str(root)
+
+
+def test_bad_input_errors_before_training(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        training.check_data(str(empty))
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="without images"):
+        training.check_data(str(tmp_path / "noimg"))
+    with pytest.raises(FileNotFoundError):
+        training.check_data(str(tmp_path / "missing"))
+    tr = _folder(tmp_path / "train", ["a", "b"])
+    va = _folder(tmp_path / "val", ["a", "c"])
+    with pytest.raises(ValueError, match="differ"):
+        training.check_data(tr, va)
+    with pytest.raises(ValueError, match="--classes=3"):
+        training.check_data(tr, None, classes=3)
+    src = mo_models.MobileOne("s0", weights=None, classes=4, input_shape=(32, 32, 3),
+                              fused=True)
+    cfg = _tiny_config(weights=mo_models.get_state(src))
+    with pytest.raises(ValueError, match="head has 4 classes"):
+        training.check_weights(cfg, classes=2)
+    training.check_weights(_tiny_config(weights=mo_models.get_state(src), classes=2), 2)
+    # run() fails before building anything
+    with pytest.raises(ValueError, match="differ"):
+        training.run(_tiny_config(), tr, va, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
