@@ -169,3 +169,55 @@ def test_variant_weights_mismatch(shared_data):
     with pytest.raises(ValueError, match="holds MobileOne-S0"):
         mo.MobileOne("s1", weights=str(shared_data / "mobileone_s0.pth.tar"), fused=True,
                      input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+
+
+# --- equalization and range calibration ---------------------------------------
+def test_equalize_activations_exact_and_equal_ranges():
+    """Float outputs unchanged; every activation in front of a depthwise conv
+    ends with all live channels at the same maximum (independent check: the
+    per-channel maxima are recomputed from the new model's own activations)."""
+    model = _fused("s0")
+    rng = np.random.default_rng(4)
+    # spread channel ranges over two decades, as folded BatchNorm scales do
+    for layer in model.layers:
+        if layer.name.endswith("_conv") and not isinstance(layer, keras.layers.DepthwiseConv2D):
+            k, b = layer.get_weights()
+            s = 10 ** rng.uniform(-1, 1, k.shape[-1])
+            layer.set_weights([k * s, b * s])
+    x = rng.uniform(0, 255, (12, SIZE, SIZE, 3)).astype("float32")
+    eq = q.equalize_activations(model, x[:8], pointwise_exponent=0.0, min_scale=1e-6)
+    ref = model.predict(x, verbose=0)
+    np.testing.assert_allclose(eq.predict(x, verbose=0), ref, atol=1e-4 * np.abs(ref).max())
+    before, after = [], []
+    for m, out in ((model, before), (eq, after)):
+        names = [l.name for l in m.layers]
+        acts = [n for n in names if n.endswith("_act")]
+        convs = {n[:-len("_conv")]: m.get_layer(n) for n in names if n.endswith("_conv")}
+        probe_names = [a for a, nxt in zip(acts[:-1], acts[1:])
+                       if isinstance(convs[nxt[:-len("_act")]], keras.layers.DepthwiseConv2D)]
+        probe = keras.Model(m.inputs, [m.get_layer(n).output for n in probe_names])
+        for a in probe.predict(x[:8], verbose=0):
+            r = a.reshape(-1, a.shape[-1]).max(0)
+            live = r > 0
+            out.append(r[live].min() / r.max())
+    assert min(before) < 0.1            # ranges really differed
+    assert min(after) > 0.999           # equalized on the data it saw
+
+
+def test_calibrate_ranges_sets_data_ranges():
+    model = _fused("s0")
+    tfk, _ = q.to_tf_keras(model)
+    qm = q.quantize(tfk)
+    x = np.random.default_rng(5).uniform(10, 200, (8, SIZE, SIZE, 3)).astype("float32")
+    assert q.calibrate_ranges(qm, [x[:4], x[4:]], steps=5) == 2
+    qin = [l for l in qm.layers if type(l).__name__ == "QuantizeLayer"][0]
+    lo, hi = sorted(float(np.ravel(w.numpy())[0]) for w in qin.weights
+                    if w.name.split("/")[-1].split(":")[0].endswith(("_min", "_max")))
+    assert lo == pytest.approx(0.0, abs=1e-6)           # min(0, data min)
+    assert hi == pytest.approx(float(x.max()), rel=1e-5)
+    # no activation range left at TFMOT's [-6, 6] start
+    ranges = [float(np.ravel(w.numpy())[0]) for l in qm.layers for w in l.weights
+              if "post_activation" in w.name or "output_m" in w.name]
+    assert ranges and not any(abs(abs(v) - 6.0) < 1e-6 for v in ranges)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        q.calibrate_ranges(qm, [x], steps=0)
