@@ -411,8 +411,9 @@ def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
 # Callbacks
 # ---------------------------------------------------------------------------
 class Throughput(keras.callbacks.Callback):
-    """Training images/s per epoch (wall clock of the train batches), logged
-    as ``images_per_sec``."""
+    """Training images/s per epoch, logged as ``images_per_sec``: wall clock
+    of the train batches after the first one of each epoch (which includes
+    tracing the train step), so steady-state speed."""
 
     def __init__(self, batch_size):
         super().__init__()
@@ -420,11 +421,15 @@ class Throughput(keras.callbacks.Callback):
         self.history = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._t0, self._n = time.perf_counter(), 0
+        self._t0, self._n = None, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._n += 1
-        self._t1 = time.perf_counter()
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        else:
+            self._n += 1
+            self._t1 = now
 
     def on_epoch_end(self, epoch, logs=None):
         if self._n:
@@ -574,10 +579,14 @@ def finish(model, config, output_dir, val_ds, ips, elapsed, backup_dir=None):
                              return_dict=True)
         final_top1 = float(res["accuracy"])
     fused = mo_models.fuse(model) if mo_models.model_form(model) == "branched" else model
-    for name, save in (("fused.keras", fused.save), ("fused.weights.h5", fused.save_weights)):
-        tmp = os.path.join(output_dir, "tmp_" + name)
-        save(tmp)
-        os.replace(tmp, os.path.join(output_dir, name))
+    tmp = os.path.join(output_dir, "tmp_fused.keras")
+    fused.save(tmp)
+    os.replace(tmp, os.path.join(output_dir, "fused.keras"))
+    # MobileOne state file (records variant and form): loads into either form,
+    # e.g. ``scripts/convert.py --weights fused.weights.h5 --classes N``.
+    porting.write_weights_h5(mo_models.get_state(fused),
+                             os.path.join(output_dir, "fused.weights.h5"),
+                             config.variant, "fused", source="mobileone_tf.training")
     summary = {"variant": config.variant, "epochs": epochs_done,
                "best_val_top1": best, "final_val_top1": final_top1,
                "train_images_per_sec": float(np.mean(ips)) if ips else None,

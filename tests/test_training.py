@@ -136,6 +136,10 @@ def test_from_scratch_loss_falls_fuses_and_writes_outputs(tmp_path):
     fused = keras.models.load_model(out / "fused.keras")
     np.testing.assert_allclose(fused.predict(x, verbose=0), p_branched, atol=1e-5)
     assert mo_models.model_form(fused) == "fused"
+    # the state file loads into a fresh model (either form), as convert.py does
+    again = mo_models.MobileOne("s0", weights=str(out / "fused.weights.h5"), classes=3,
+                                input_shape=(None, None, 3), fused=True)
+    np.testing.assert_allclose(again.predict(x, verbose=0), p_branched, atol=1e-5)
 
 
 def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
