@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from mobileone_tf import fileio
+
 # Published ImageNet-1k top-1 (%) of the baselines, from the Keras
 # applications documentation (keras.io/api/applications/ table; MobileNetV3
 # page for V3: Large 1.0 224 = 75.6, Small 1.0 224 = 68.1).
@@ -166,12 +168,8 @@ def _conv_macs(out_shape, kernel_shape, groups=1) -> int:
 
 
 def _flat_layers(model):
-    import keras
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
+    from mobileone_tf.models import _all_layers  # lazy: keeps TF out of --help
+    return _all_layers(model)
 
 
 def count_macs_detail(model) -> dict:
@@ -406,11 +404,7 @@ def to_onnx(model, path) -> str:
 
 
 def _atomic_write(path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, data)
 
 
 def tflite_graph_report(path, num_threads: int = 1) -> dict:

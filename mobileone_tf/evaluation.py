@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-
 import numpy as np
+
+from mobileone_tf import fileio
 
 
 def evaluate(predict, dataset, num_examples=None, progress=True):
@@ -46,15 +44,4 @@ def evaluate(predict, dataset, num_examples=None, progress=True):
 
 def write_json(result: dict, path):
     """Writes ``result`` as JSON atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return fileio.write_json(result, path)

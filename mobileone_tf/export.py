@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 
 import numpy as np
+
+from mobileone_tf import fileio
 
 FORMATS = ("tflite", "coreml", "onnx", "saved_model")
 QUANTIZE_MODES = {
@@ -314,10 +314,7 @@ def _size(path):
 
 
 def write_report(report, path):
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    fileio.write_json(report, path, default=_json_default)
 
 
 def _json_default(o):

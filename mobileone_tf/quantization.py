@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 
 import numpy as np
 
-from mobileone_tf import variants
+from mobileone_tf import fileio, variants
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _CUSTOM_LAYER_SUFFIXES = ("_se_scale",)
@@ -521,8 +520,10 @@ def image_folder_dataset(directory, image_size=224, batch_size=32, shuffle=True,
 
     Resize (bilinear) the short side to ``image_size / crop_pct``, then a
     random (``augment``) or centre ``image_size`` crop, random horizontal
-    flip when ``augment``. Stand-in until ``mobileone_tf.data.image_folder_dataset``
-    lands on main.
+    flip when ``augment``. Deliberately milder than the training pipeline's
+    random-resized crop (``mobileone_tf.data.train_dataset``): distillation
+    should see the image statistics the deployed model will see, and needs no
+    labels, so any folder of images (sub-folders or not) serves.
     """
     import tensorflow as tf
     files = list_images(directory)
@@ -557,20 +558,7 @@ _IO = {"float32": "float32", "float": "float32", "int8": "int8", "uint8": "uint8
 
 
 def _write_atomic(data: bytes, output, overwrite):
-    output = str(output)
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"{output} exists (pass overwrite=True)")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(output)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return output
+    return fileio.atomic_write(str(output), data, overwrite=overwrite)
 
 
 def _converter_io(converter, io, qat=False):

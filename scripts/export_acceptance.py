@@ -12,7 +12,6 @@ the number of images whose top-1 differs from Keras.
 """
 
 import csv
-import json
 import os
 import subprocess
 import sys

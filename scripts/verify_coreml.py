@@ -14,7 +14,6 @@ the fused Keras weights at float16 precision).
 import json
 import sys
 
-import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
