@@ -493,6 +493,36 @@ def train_dataset(source, batch_size, image_size=224, *, synset_to_index=None,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def tfrecord_eval_dataset(source, batch_size=32, image_size=224, crop_pct=0.875,
+                          label_offset=0):
+    """Labelled eval batches from ImageNet-style TFRecord shards.
+
+    Args:
+        source: a TFRecord file, glob pattern or list of them; records hold
+            ``image/encoded`` (JPEG/PNG bytes) and ``image/class/label``.
+        label_offset: added to the labels (``-1`` for 1-based ImageNet shards).
+
+    Returns:
+        ``tf.data.Dataset`` of ``(float32 (B, S, S, 3) RGB 0..255, int32 (B,))``
+        in file order, the in-graph :func:`eval_transform` (resize short side
+        to ``image_size / crop_pct``, centre crop); undecodable records are
+        skipped with a warning.
+
+    Raises:
+        FileNotFoundError: no file matches ``source``.
+    """
+    _check_size(image_size, crop_pct)
+    ds = _records(source, label_offset, False, None)
+    ds = ds.map(lambda data, y: (eval_transform(decode_image(data), image_size, crop_pct), y),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.ignore_errors(log_warning=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def count_records(source) -> int:
+    """Number of records in TFRecord ``source`` (reads every shard once)."""
+    return int(sum(1 for f in _tfrecord_files(source) for _ in tf.data.TFRecordDataset(f)))
+
+
 def _stateless_crop(image, scale, ratio, seed):
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(

@@ -16,8 +16,11 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("variant", "s0", ["s0", "s1", "s2", "s3", "s4"], "MobileOne variant.")
-flags.DEFINE_string("train_data", None, "ImageFolder training directory.", required=True)
-flags.DEFINE_string("val_data", None, "ImageFolder validation directory (same classes).")
+flags.DEFINE_string("train_data", None, "ImageFolder training directory, or TFRecord shards "
+                    "(file or glob; needs --classes).", required=True)
+flags.DEFINE_string("val_data", None, "ImageFolder validation directory (same classes), or "
+                    "TFRecord shards.")
+flags.DEFINE_integer("label_offset", 0, "Added to TFRecord labels (-1 for 1-based ImageNet shards).")
 flags.DEFINE_string("output_dir", None, "Run directory (checkpoints, logs, fused model).",
                     required=True)
 flags.DEFINE_integer("epochs", 300, "Epochs.")
@@ -32,12 +35,16 @@ flags.DEFINE_float("weight_decay", 1e-4, "Coupled L2 (PyTorch style) at the star
 flags.DEFINE_float("min_weight_decay", 1e-5, "Coupled L2 at the end (cosine).")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
 flags.DEFINE_float("ema_decay", 0.9995, "EMA decay of the weights (0: off).")
+flags.DEFINE_float("clip_grad_norm", 0.0, "Clip gradients to this global L2 norm (0: off); "
+                   "use it when fine-tuning the BatchNorm-free fused model.")
 flags.DEFINE_list("image_sizes", ["160", "192", "224"], "Progressive train crop sizes.")
 flags.DEFINE_list("resize_epochs", ["0", "37", "112"],
                   "Epochs (of --resize_reference_epochs) where each size starts.")
 flags.DEFINE_integer("resize_reference_epochs", 300, "Epochs the resize_epochs refer to.")
 flags.DEFINE_list("augment_magnitudes", None, "RandAugment factor per stage (default per variant).")
 flags.DEFINE_integer("eval_image_size", 224, "Validation crop size.")
+flags.DEFINE_float("crop_scale_min", 0.08, "Random-resized crop: smallest area fraction "
+                   "(0.08 torchvision/paper; larger, e.g. 0.35, for short fine-tuning).")
 flags.DEFINE_string("weights", None, "imagenet, or a .weights.h5 / PyTorch checkpoint path.")
 flags.DEFINE_integer("classes", None, "Number of classes (new head); default: from the data.")
 flags.DEFINE_bool("fused", False, "Train the fused (plain conv) model instead of the branched one.")
@@ -61,18 +68,19 @@ def main(argv):
         warmup_epochs=FLAGS.warmup_epochs, warmup_start_factor=FLAGS.warmup_start_factor,
         min_lr=FLAGS.min_lr, weight_decay=FLAGS.weight_decay,
         min_weight_decay=FLAGS.min_weight_decay, label_smoothing=FLAGS.label_smoothing,
-        ema_decay=FLAGS.ema_decay, image_sizes=tuple(int(s) for s in FLAGS.image_sizes),
+        ema_decay=FLAGS.ema_decay, clip_grad_norm=FLAGS.clip_grad_norm, image_sizes=tuple(int(s) for s in FLAGS.image_sizes),
         resize_epochs=tuple(int(s) for s in FLAGS.resize_epochs),
         resize_reference_epochs=FLAGS.resize_reference_epochs,
         augment_magnitudes=(tuple(float(m) for m in FLAGS.augment_magnitudes)
                             if FLAGS.augment_magnitudes else None),
-        eval_image_size=FLAGS.eval_image_size, weights=FLAGS.weights,
+        eval_image_size=FLAGS.eval_image_size, crop_scale_min=FLAGS.crop_scale_min, weights=FLAGS.weights,
         classes=FLAGS.classes, fused=FLAGS.fused,
         freeze_backbone_epochs=FLAGS.freeze_backbone_epochs, strategy=FLAGS.strategy,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla,
         steps_per_epoch=FLAGS.steps_per_epoch, validation_steps=FLAGS.validation_steps,
         seed=FLAGS.seed)
-    summary = training.run(cfg, FLAGS.train_data, FLAGS.val_data, FLAGS.output_dir)
+    summary = training.run(cfg, FLAGS.train_data, FLAGS.val_data, FLAGS.output_dir,
+                           label_offset=FLAGS.label_offset)
     print(json.dumps({k: v for k, v in summary.items()
                       if k not in ("model", "fused_model", "config")}, indent=2))
 

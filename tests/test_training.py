@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from mobileone_tf import models as mo_models
 from mobileone_tf import training
-from tests.helpers import randomize_batchnorm, rel_max_diff
+
 
 
 def test_warmup_cosine_hand_values():
@@ -37,10 +37,12 @@ def test_weight_decay_cosine_and_lr_scaling():
     assert float(wd(300)) == pytest.approx(1e-5, rel=1e-5)
     cfg = training.TrainConfig(batch_size=512, epochs=300)
     opt = training.make_optimizer(cfg, steps_per_epoch=10)
-    lr = opt.learning_rate  # the schedule: 0.1 * 512 / 256 = 0.2 peak at step 50
+    # the schedule: 0.1 * 512 / 256 = 0.2 peak at step 50
     assert opt._learning_rate(50).numpy() == pytest.approx(0.2, rel=1e-6)
     assert opt.use_ema and opt.ema_momentum == 0.9995 and opt.momentum == 0.9
-    assert not opt.nesterov
+    assert not opt.nesterov and opt.global_clipnorm is None
+    clipped = training.make_optimizer(training.TrainConfig(clip_grad_norm=1.0), 10)
+    assert clipped.global_clipnorm == 1.0
 
 
 def test_stages_scale_with_epochs():
@@ -192,6 +194,19 @@ def test_finetune_init_equals_source_model(tmp_path):
     model5 = training.build_model(cfg, classes=5)
     feats = lambda m: keras.Model(m.input, m.get_layer("avg_pool").output).predict(x, verbose=0)
     np.testing.assert_allclose(feats(model5), feats(src), atol=2e-5)
+    # ... and starts the new head at zero: first loss log(5), no shock to the backbone
+    head = model5.get_layer(mo_models.HEAD_NAME).get_weights()
+    assert not head[0].any() and not head[1].any()
+    np.testing.assert_allclose(model5.predict(x[:2], verbose=0), 0.2, atol=1e-6)
+
+
+def test_divergence_fails_and_writes_no_model(tmp_path):
+    cfg = _tiny_config(fused=True, base_lr=1e12, epochs=2, image_sizes=(32,),
+                       resize_epochs=(0,), resize_reference_epochs=2)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="diverged"):
+        training.train(cfg, _train_fn(), None, 3, str(out), steps_per_epoch=3)
+    assert not (out / "fused.keras").exists() and not (out / "summary.json").exists()
 
 
 def _folder(root, classes, n=2):
@@ -230,3 +245,49 @@ def test_bad_input_errors_before_training(tmp_path):
     with pytest.raises(ValueError, match="differ"):
         training.run(_tiny_config(), tr, va, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def _tfrecords(path, n, size=40, classes=3, seed=0, offset=0):
+    """ImageNet-style records (PNG bytes, label + offset) of the colour task."""
+    import io
+    from PIL import Image
+    x, y = _arrays(n, size, classes, seed)
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for img, label in zip(x.clip(0, 255).astype(np.uint8), y):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            ex = tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[buf.getvalue()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[int(label) + offset]))}))
+            w.write(ex.SerializeToString())
+    return y
+
+
+def test_run_on_tfrecord_shards_under_mirrored_strategy(tmp_path):
+    """TFRecord shards (1-based labels, as TF's ImageNet shards) end to end
+    through run(), inside a MirroredStrategy scope; steps counted from the
+    records; val top-1 equals a hand count of the fused model's predictions."""
+    for i in range(2):
+        _tfrecords(tmp_path / f"train-{i:05d}-of-00002", 24, seed=i, offset=1)
+    y_val = _tfrecords(tmp_path / "val-00000-of-00001", 16, seed=9, offset=1)
+    cfg = _tiny_config(fused=True, classes=3, epochs=1, image_sizes=(32,), resize_epochs=(0,),
+                       resize_reference_epochs=1, strategy="mirrored")
+    with pytest.raises(ValueError, match="--classes is required"):
+        training.run(_tiny_config(fused=True), str(tmp_path / "train-*"), None,
+                     str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="TFRecord"):
+        training.run(cfg, str(tmp_path / "nothing-*"), None, str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "run"
+    s = training.run(cfg, str(tmp_path / "train-*"), str(tmp_path / "val-*"), str(out),
+                     label_offset=-1)
+    rows = list(__import__("csv").DictReader(open(out / "log.csv")))
+    assert len(rows) == 1 and s["epochs"] == 1
+    x_val, _ = _arrays(16, 40, seed=9)
+    from mobileone_tf import data as mo_data
+    crop = np.stack([mo_data.eval_transform(tf.constant(v.clip(0, 255).astype(np.uint8)), 32)
+                     for v in x_val])
+    pred = s["fused_model"].predict(crop, verbose=0).argmax(-1)
+    assert s["final_val_top1"] == pytest.approx(float((pred == y_val).mean()), abs=1e-6)
