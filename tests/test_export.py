@@ -8,7 +8,6 @@ format. References: the fused Keras model (numerics, checked inside each
 export and again here) and Apple's released S0 weights on real images.
 """
 
-import collections
 import os
 import pathlib
 import re
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import mobileone_tf as mo
-from mobileone_tf import export, models, runtime
+from mobileone_tf import export, runtime
 from tests.conftest import ROOT
 from tests.helpers import randomize_batchnorm
 
@@ -67,7 +66,10 @@ def test_float_exports_match_keras(exported):
         assert v["passed"] and v["max_abs_diff"] <= v["tolerance"], (fmt, v)
         got = runtime.load(path)(images)  # independent of the report
         assert got.shape == (4, 1000)
-        assert np.abs(got - branched_out).max() <= 1e-4 * np.abs(branched_out).max(), fmt
+        # the issue's bound is against the fused Keras model; the branched model
+        # adds the fusion's own float32 rounding on top, so it gets twice the room
+        assert np.abs(got - fused_out).max() <= 1e-4 * np.abs(fused_out).max(), fmt
+        assert np.abs(got - branched_out).max() <= 2e-4 * np.abs(branched_out).max(), fmt
         assert (got.argmax(-1) == branched_out.argmax(-1)).all(), fmt
 
 
