@@ -181,7 +181,10 @@ def build_head(x, keras_module, include_top, pooling, classes, classifier_activa
     L = keras_module.layers
     if include_top:
         x = L.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = L.Dense(classes, activation=classifier_activation, name=HEAD_NAME)(x)
+        # float32 head (softmax) under a mixed-precision policy, as the Keras
+        # mixed-precision guide recommends; no change under float32
+        x = L.Dense(classes, activation=classifier_activation, name=HEAD_NAME,
+                    dtype="float32")(x)
     elif pooling == "avg":
         x = L.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":

@@ -291,3 +291,22 @@ def test_run_on_tfrecord_shards_under_mirrored_strategy(tmp_path):
                      for v in x_val])
     pred = s["fused_model"].predict(crop, verbose=0).argmax(-1)
     assert s["final_val_top1"] == pytest.approx(float((pred == y_val).mean()), abs=1e-6)
+
+
+def test_mixed_precision_trains_with_float32_head(tmp_path):
+    """--mixed_precision on CPU: mixed_bfloat16, a finite loss, float32 probabilities."""
+    cfg = _tiny_config(fused=True, epochs=1, image_sizes=(32,), resize_epochs=(0,),
+                       resize_reference_epochs=1, mixed_precision=True)
+    try:
+        assert training.set_precision(True, "default") == "mixed_bfloat16"
+        s = training.train(cfg, _train_fn(), _val(), 3, str(tmp_path / "run"),
+                           steps_per_epoch=2)
+        m = s["fused_model"]
+        assert m.get_layer("stage1_0_conv").compute_dtype == "bfloat16"
+        out = m.predict(np.full((2, 32, 32, 3), 100.0, "float32"), verbose=0)
+        assert out.dtype == np.float32 and np.allclose(out.sum(-1), 1.0, atol=1e-5)
+        assert np.isfinite(float(__import__("csv").DictReader(
+            open(tmp_path / "run" / "log.csv")).__next__()["loss"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert training.set_precision(False) == "float32"
