@@ -388,7 +388,7 @@ def to_tflite(model, path, quantize: str = "float32") -> str:
         size = int(model.inputs[0].shape[1])
         conv.representative_dataset = lambda: _calibration(image_size=size)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    _atomic_write(path, conv.convert())
+    fileio.atomic_write(path, conv.convert())
     return str(path)
 
 
@@ -399,12 +399,8 @@ def to_onnx(model, path) -> str:
     path = pathlib.Path(path)
     spec = [tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), tf.float32, name="image")]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
-    _atomic_write(path, proto.SerializeToString())
+    fileio.atomic_write(path, proto.SerializeToString())
     return str(path)
-
-
-def _atomic_write(path, data: bytes):
-    fileio.atomic_write(path, data)
 
 
 def tflite_graph_report(path, num_threads: int = 1) -> dict:
@@ -1067,11 +1063,11 @@ def to_markdown(result: dict) -> str:
 
 
 def write_json(result: dict, path):
-    _atomic_write(pathlib.Path(path), json.dumps(result, indent=1, default=str).encode())
+    fileio.write_json(result, path, indent=1, default=str)
 
 
 def write_markdown(result: dict, path):
-    _atomic_write(pathlib.Path(path), to_markdown(result).encode())
+    fileio.atomic_write(path, to_markdown(result))
 
 
 def plot(result: dict, path, runtime: str = "tflite-float32", threads=None):
@@ -1130,7 +1126,7 @@ def _worker_main(spec_path, out_path):
         out = {"rows": rows, "errors": errors}
     else:
         out = worker(spec)
-    _atomic_write(pathlib.Path(out_path), json.dumps(out, default=str).encode())
+    fileio.atomic_write(out_path, json.dumps(out, default=str))
 
 
 if __name__ == "__main__":

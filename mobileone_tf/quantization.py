@@ -557,10 +557,6 @@ def image_folder_dataset(directory, image_size=224, batch_size=32, shuffle=True,
 _IO = {"float32": "float32", "float": "float32", "int8": "int8", "uint8": "uint8"}
 
 
-def _write_atomic(data: bytes, output, overwrite):
-    return fileio.atomic_write(str(output), data, overwrite=overwrite)
-
-
 def _converter_io(converter, io, qat=False):
     import tensorflow as tf
     io = _IO.get(io)
@@ -616,7 +612,7 @@ def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_da
         got, scale = run_tflite(data, verify_data, with_scale=True)
         report.update(top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
                       max_abs_diff=float(np.abs(ref - got).max()), output_scale=scale)
-    path = _write_atomic(data, output, overwrite)
+    path = fileio.atomic_write(str(output), data, overwrite=overwrite)
     report["size_bytes"] = os.path.getsize(path)
     return path, report
 
@@ -664,7 +660,7 @@ def ptq_tflite(model, output, calibration_data, *, steps=100, per_channel=True,
         converter._experimental_disable_per_channel = True
     data = converter.convert()
     report = inspect_tflite(data)
-    path = _write_atomic(data, output, overwrite)
+    path = fileio.atomic_write(str(output), data, overwrite=overwrite)
     report["size_bytes"] = os.path.getsize(path)
     return path, report
 

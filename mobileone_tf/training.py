@@ -348,9 +348,11 @@ def build_model(config: TrainConfig, classes: int, input_size=None):
     With source weights whose head has ``classes`` outputs the head is kept;
     otherwise a new head replaces it, initialised to zero (kernel and bias):
     the first loss is log(classes) and the first backbone gradients are zero,
-    so a randomly initialised head cannot shock the pretrained features (with
-    a random head, fine-tuning the BatchNorm-free fused S0 on Imagenette
-    diverged within 7 steps at lr 0.007).
+    so a randomly initialised head cannot shock the pretrained features
+    (fine-tuning the BatchNorm-free fused S0 on Imagenette, batch 64: a random
+    head diverged at step 7 of the warm-up, lr <= 0.012; a zero head without
+    ``clip_grad_norm`` still diverged at step 16, lr 0.005; zero head + clip
+    1.0 trained).
 
     Raises:
         ValueError: weights that do not fit the variant (names the keys).
@@ -397,9 +399,10 @@ def _one_hot(classes):
 
 
 def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
-                   seed=0, crop_pct=0.875, crop_scale_min=0.08):
-    """(images float32 NHWC RGB 0..255, int32 labels) from an ImageFolder dir,
-    labels = sorted class-folder index.
+                   seed=0, crop_pct=0.875, crop_scale_min=0.08, label_offset=0):
+    """(images float32 NHWC RGB 0..255, int32 labels) from an ImageFolder dir
+    (labels = sorted class-folder index) or TFRecord shards (file / glob;
+    labels + ``label_offset``).
 
     Training: :func:`mobileone_tf.data.train_dataset` (random-resized crop
     of ``crop_scale_min``..1 of the area, flip, ``keras.layers.RandAugment(factor=magnitude)`` when ``magnitude >
@@ -410,7 +413,11 @@ def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
     if training:
         return mo_data.train_dataset(
             data_dir, batch_size, image_size, seed=seed, scale=(crop_scale_min, 1.0),
+            label_offset=label_offset,
             augment="randaugment" if magnitude > 0 else None, magnitude=magnitude)
+    if mo_data._is_tfrecord_source(data_dir):
+        return mo_data.tfrecord_eval_dataset(data_dir, batch_size, image_size, crop_pct,
+                                             label_offset=label_offset)
     return mo_data.eval_dataset(data_dir, batch_size=batch_size, image_size=image_size,
                                 crop_pct=crop_pct)
 
@@ -716,20 +723,10 @@ def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
         steps = max(n_train // config.batch_size, 1)
 
     def train_fn(size, mag):
-        if tfrecord:
-            return mo_data.train_dataset(
-                train_dir, config.batch_size, size, seed=config.seed,
-                scale=(config.crop_scale_min, 1.0), label_offset=label_offset,
-                augment="randaugment" if mag > 0 else None, magnitude=mag)
         return folder_dataset(train_dir, config.batch_size, size, True, mag, config.seed,
-                              crop_scale_min=config.crop_scale_min)
-    if not val_dir:
-        val_ds = None
-    elif mo_data._is_tfrecord_source(val_dir):
-        val_ds = mo_data.tfrecord_eval_dataset(val_dir, config.batch_size,
-                                               config.eval_image_size, label_offset=label_offset)
-    else:
-        val_ds = folder_dataset(val_dir, config.batch_size, config.eval_image_size, False)
+                              crop_scale_min=config.crop_scale_min, label_offset=label_offset)
+    val_ds = folder_dataset(val_dir, config.batch_size, config.eval_image_size, False,
+                            label_offset=label_offset) if val_dir else None
     summary = train(config, train_fn, val_ds, classes, output_dir, steps,
                     extra_callbacks, strategy)
     summary["class_names"] = names
