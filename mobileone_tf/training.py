@@ -103,6 +103,7 @@ class TrainConfig:
     strategy: str = "default"         # default|mirrored|multi_worker|tpu
     mixed_precision: bool = False
     jit_compile: bool = False
+    run_eagerly: bool = False         # Keras' debug switch: no tf.function tracing
     steps_per_epoch: Optional[int] = None   # None: one pass over the data
     validation_steps: Optional[int] = None
     seed: int = 0
@@ -558,7 +559,8 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
             model.compile(optimizer=optimizer,
                           loss=keras.losses.CategoricalCrossentropy(
                               label_smoothing=config.label_smoothing),
-                          metrics=metrics, jit_compile=config.jit_compile)
+                          metrics=metrics, jit_compile=config.jit_compile,
+                          run_eagerly=config.run_eagerly)
         ds = train_fn(size, mag).map(_one_hot(classes))
         model._initial_epoch = None
         model.fit(ds, validation_data=val_ds, epochs=b, initial_epoch=max(a, done),

@@ -53,6 +53,7 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker",
                   "tf.distribute strategy.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPU, mixed_bfloat16 on TPU/CPU.")
 flags.DEFINE_bool("xla", False, "jit_compile the train step.")
+flags.DEFINE_bool("run_eagerly", False, "Debug: run the train step eagerly (no tracing).")
 flags.DEFINE_integer("steps_per_epoch", None, "Limit steps per epoch (default: full pass).")
 flags.DEFINE_integer("validation_steps", None, "Limit validation steps.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -76,7 +77,7 @@ def main(argv):
         eval_image_size=FLAGS.eval_image_size, crop_scale_min=FLAGS.crop_scale_min, weights=FLAGS.weights,
         classes=FLAGS.classes, fused=FLAGS.fused,
         freeze_backbone_epochs=FLAGS.freeze_backbone_epochs, strategy=FLAGS.strategy,
-        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla,
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla, run_eagerly=FLAGS.run_eagerly,
         steps_per_epoch=FLAGS.steps_per_epoch, validation_steps=FLAGS.validation_steps,
         seed=FLAGS.seed)
     summary = training.run(cfg, FLAGS.train_data, FLAGS.val_data, FLAGS.output_dir,
