@@ -477,14 +477,19 @@ def _input(size=IMAGE_SIZE):
     return np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
 
 
-def run_keras(model, runs, warmup) -> dict:
+def keras_runner(model):
+    """A no-argument callable: one batch-1 forward pass of ``model`` through
+    ``tf.function`` (inference mode, no XLA), result fetched to NumPy."""
     import tensorflow as tf
     x = tf.constant(_input(int(model.inputs[0].shape[1])))
     fn = tf.function(lambda t: model(t, training=False), jit_compile=False)
-    return time_callable(lambda: fn(x).numpy(), runs, warmup)
+    return lambda: fn(x).numpy()
 
 
-def run_tflite(path, threads, runs, warmup) -> dict:
+def tflite_runner(path, threads):
+    """A no-argument callable: ``Interpreter.invoke`` of the ``.tflite`` file
+    (``ai_edge_litert``, default XNNPACK delegate, ``threads`` threads); an
+    int8/uint8 input gets the quantized image."""
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_path=str(path), num_threads=threads)
     it.allocate_tensors()
@@ -492,12 +497,14 @@ def run_tflite(path, threads, runs, warmup) -> dict:
     x = _input(int(d["shape"][1]))
     if d["dtype"] != np.float32:
         scale, zero = d["quantization"]
-        x = np.clip(np.round(x / scale + zero), -128, 127).astype(d["dtype"])
+        info = np.iinfo(d["dtype"])
+        x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
     it.set_tensor(d["index"], x)
-    return time_callable(it.invoke, runs, warmup)
+    return it.invoke
 
 
-def run_onnx(path, threads, runs, warmup) -> dict:
+def onnx_runner(path, threads):
+    """A no-argument callable: one ONNX Runtime (CPU) run of the ``.onnx`` file."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -506,7 +513,62 @@ def run_onnx(path, threads, runs, warmup) -> dict:
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     x = _input(int(inp.shape[1]))
-    return time_callable(lambda: sess.run(None, {inp.name: x}), runs, warmup)
+    return lambda: sess.run(None, {inp.name: x})
+
+
+def run_keras(model, runs, warmup) -> dict:
+    return time_callable(keras_runner(model), runs, warmup)
+
+
+def run_tflite(path, threads, runs, warmup) -> dict:
+    return time_callable(tflite_runner(path, threads), runs, warmup)
+
+
+def run_onnx(path, threads, runs, warmup) -> dict:
+    return time_callable(onnx_runner(path, threads), runs, warmup)
+
+
+def interleaved_timings(fns, runs: int, warmup: int, rounds: int = 1) -> list:
+    """Times several callables in ``rounds`` interleaved rounds.
+
+    Each callable is warmed up ``warmup`` times first; then every round times
+    about ``runs / rounds`` consecutive calls of each callable in turn, so a
+    slow spell of the machine (another process, thermal or VM-steal) spreads
+    over all models instead of biasing the one being timed at that moment.
+
+    Args:
+        fns: list of no-argument callables.
+        runs: timed calls per callable in all (>= 1).
+        warmup: untimed calls per callable before the first round.
+        rounds: number of interleaved rounds (>= 1).
+
+    Returns:
+        One dict per callable: :func:`summarize` over all its timed calls, plus
+        ``round_medians_ms`` and ``noise_pct`` = 100 x (max - min) / median of
+        the round medians (the run-to-run spread the figure carries).
+    """
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be >= 1, got {runs}, {rounds}")
+    rounds = min(rounds, runs)
+    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    for fn in fns:
+        for _ in range(max(0, warmup)):
+            fn()
+    times = [[[] for _ in range(rounds)] for _ in fns]
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            for _ in range(per_round[r]):
+                t0 = time.perf_counter()
+                fn()
+                times[i][r].append(time.perf_counter() - t0)
+    out = []
+    for per_fn in times:
+        stats = summarize([t for rnd in per_fn for t in rnd])
+        medians = [float(np.median(rnd)) * 1e3 for rnd in per_fn]
+        stats["round_medians_ms"] = medians
+        stats["noise_pct"] = 100.0 * (max(medians) - min(medians)) / stats["median_ms"]
+        out.append(stats)
+    return out
 
 
 @dataclasses.dataclass
@@ -529,18 +591,18 @@ def worker(spec: dict) -> dict:
     threads = int(spec["threads"])
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
     workdir = pathlib.Path(spec["workdir"])
     runs, warmup = int(spec["runs"]), int(spec["warmup"])
     size = int(spec.get("image_size", IMAGE_SIZE))
     out = {"threads": threads, "rows": [], "graphs": {}, "errors": []}
     if spec.get("gemm", True):
         out["gemm"] = gemm_peak(threads)
+    # 1) build, convert and load everything; 2) time all of it in interleaved rounds
+    targets = []  # (row without timings, runner, tag, runtime name)
     for job in spec["jobs"]:
         job = Job(**job)
         form = job.form if job.model.startswith("mobileone_") else "-"
         tag = f"{job.model}_{form}" if form != "-" else job.model
-        keras.backend.clear_session()
         try:
             model = build_model(job.model, job.form, size)
         except Exception as e:  # noqa: BLE001 - reported, run continues
@@ -555,27 +617,33 @@ def worker(spec: dict) -> dict:
                 name = runtime if q is None else f"tflite-{q}"
                 try:
                     if runtime == "keras":
-                        stats, size_b = run_keras(model, runs, warmup), None
+                        fn, size_b = keras_runner(model), None
                     elif runtime == "tflite":
                         path = workdir / f"{tag}_{q}.tflite"
                         if not path.exists():
                             to_tflite(model, path, q)
                         if spec.get("graph_report") and f"{tag}_{q}" not in out["graphs"]:
                             out["graphs"][f"{tag}_{q}"] = tflite_graph_report(path, threads)
-                        stats, size_b = run_tflite(path, threads, runs, warmup), path.stat().st_size
+                        fn, size_b = tflite_runner(path, threads), path.stat().st_size
                     elif runtime == "onnx":
                         path = workdir / f"{tag}.onnx"
                         if not path.exists():
                             to_onnx(model, path)
-                        stats, size_b = run_onnx(path, threads, runs, warmup), path.stat().st_size
+                        fn, size_b = onnx_runner(path, threads), path.stat().st_size
                     else:
                         raise ValueError(f"unknown runtime {runtime!r}")
+                    fn()  # fails here, not in the middle of the timing rounds
                 except Exception as e:  # noqa: BLE001 - reported, run continues
                     out["errors"].append(f"{tag} {name}: {type(e).__name__}: {e}")
                     continue
-                out["rows"].append({**base, "runtime": name, "file_bytes": size_b, **stats})
-                print(f"[{threads} thr] {tag:28s} {name:16s} "
-                      f"median {stats['median_ms']:8.2f} ms", flush=True)
+                targets.append(({**base, "runtime": name, "file_bytes": size_b}, fn, tag, name))
+        print(f"[{threads} thr] prepared {tag}", flush=True)
+    stats = interleaved_timings([t[1] for t in targets], runs, warmup,
+                                int(spec.get("rounds", 1)))
+    for (row, _, tag, name), st in zip(targets, stats):
+        out["rows"].append({**row, **st})
+        print(f"[{threads} thr] {tag:28s} {name:16s} median {st['median_ms']:8.2f} ms "
+              f"(noise {st['noise_pct']:.0f}%)", flush=True)
     return out
 
 
@@ -702,19 +770,21 @@ def run(config: dict) -> dict:
     (list of ints), ``forms`` (``fused``/``branched``), ``quantizations``
     (TFLite, applied to fused MobileOne and baselines; branched models get
     float32 only), ``baselines`` (bool or list of names), ``runs``,
-    ``warmup``, ``workdir`` (model file cache), ``image_size``,
+    ``warmup``, ``rounds`` (the ``runs`` are split into this many rounds
+    interleaved across all models of a thread count, see
+    :func:`interleaved_timings`), ``workdir`` (model file cache), ``image_size``,
     ``models`` (explicit model names, overrides variants/baselines).
 
     Returns:
         ``{"machine", "config", "gemm": {threads: ...}, "rows": [...],
         "graphs", "errors", "study"?}``; each row has model, form, runtime,
-        threads, median_ms, p90_ms, mean_ms, min_ms, runs, params, macs,
-        file_bytes, top1, gflops, peak_ratio.
+        threads, median_ms, p90_ms, mean_ms, min_ms, runs, round_medians_ms,
+        noise_pct, params, macs, file_bytes, top1, gflops, peak_ratio.
     """
     cfg = {"mode": "latency", "study": None, "variants": ["s0", "s1", "s2", "s3", "s4"],
            "runtimes": ["keras", "tflite", "onnx"], "threads": [1, 2],
            "forms": ["fused", "branched"], "quantizations": ["float32", "float16", "int8"],
-           "baselines": True, "runs": 100, "warmup": 10, "workdir": None,
+           "baselines": True, "runs": 100, "warmup": 10, "rounds": 5, "workdir": None,
            "image_size": IMAGE_SIZE, "models": None}
     unknown = set(config) - set(cfg)
     if unknown:
@@ -725,8 +795,8 @@ def run(config: dict) -> dict:
         raise ValueError(f"Unknown runtimes {sorted(bad)}; expected {RUNTIMES}")
     if set(cfg["quantizations"]) - set(TFLITE_QUANTIZATIONS):
         raise ValueError(f"quantizations must be in {TFLITE_QUANTIZATIONS}")
-    if cfg["runs"] < 1 or cfg["warmup"] < 0:
-        raise ValueError("runs must be >= 1 and warmup >= 0")
+    if cfg["runs"] < 1 or cfg["warmup"] < 0 or cfg["rounds"] < 1:
+        raise ValueError("runs and rounds must be >= 1 and warmup >= 0")
     workdir = cfg["workdir"] or tempfile.mkdtemp(prefix="mobileone_bench_")
     result = {"machine": machine_info(), "config": dict(cfg, workdir=str(workdir)),
               "gemm": {}, "rows": [], "graphs": {}, "errors": []}
@@ -738,6 +808,7 @@ def run(config: dict) -> dict:
     tf_runtimes = [r for r in cfg["runtimes"] if r != "torch"]
     for threads in cfg["threads"]:
         spec = {"threads": threads, "runs": cfg["runs"], "warmup": cfg["warmup"],
+                "rounds": cfg["rounds"],
                 "workdir": str(workdir), "image_size": cfg["image_size"],
                 "graph_report": True, "gemm": True,
                 "jobs": [dict(j.__dict__, runtimes=tuple(tf_runtimes)) for j in jobs]}
@@ -989,7 +1060,8 @@ def import_device_results(path) -> dict:
 # ---------------------------------------------------------------------------
 # Output: markdown, JSON, plots
 # ---------------------------------------------------------------------------
-TABLE_COLUMNS = ("model", "form", "runtime", "threads", "median_ms", "p90_ms", "params_m",
+TABLE_COLUMNS = ("model", "form", "runtime", "threads", "median_ms", "p90_ms", "noise_pct",
+                 "params_m",
                  "macs_m", "file_mb", "gflops", "peak_pct", "top1")
 
 
@@ -1002,8 +1074,40 @@ def _cell(r, col):
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.1f}" if col in ("macs_m", "top1", "gflops", "peak_pct") else f"{v:.2f}"
+        return f"{v:.1f}" if col in ("macs_m", "top1", "gflops", "peak_pct", "noise_pct") \
+            else f"{v:.2f}"
     return str(v)
+
+
+SUMMARY_RUNTIMES = ("keras", "tflite-float32", "tflite-float16", "tflite-int8", "onnx", "torch")
+
+
+def summary_table(result: dict, threads=None) -> list:
+    """Markdown lines: one row per model and form, median latency (ms) per
+    runtime at ``threads`` (default: the largest thread count measured), with
+    params, MACs, published top-1 and the TFLite float32 share of the GEMM peak."""
+    rows = [r for r in result.get("rows", []) if "images_per_s" not in r and r.get("median_ms")]
+    if not rows:
+        return []
+    threads = threads or max(r.get("threads") or 0 for r in rows)
+    rows = [r for r in rows if r.get("threads") == threads]
+    runtimes = [rt for rt in SUMMARY_RUNTIMES if any(r["runtime"] == rt for r in rows)]
+    keys = sorted({(r["model"], r.get("form", "-")) for r in rows},
+                  key=lambda k: (not k[0].startswith("mobileone_"), k[0], k[1] != "fused"))
+    head = ["model", "form", "params (M)", "MACs (M)", "top-1 (%)"] + \
+        [f"{rt} (ms)" for rt in runtimes] + ["tflite-float32 % GEMM peak"]
+    lines = [f"Median latency at batch 1, {threads} thread(s):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, form in keys:
+        mine = {r["runtime"]: r for r in rows if r["model"] == model and r.get("form", "-") == form}
+        any_row = next(iter(mine.values()))
+        cells = [model, form, _cell(any_row, "params_m"), _cell(any_row, "macs_m"),
+                 _cell(any_row, "top1")]
+        cells += [_cell(mine[rt], "median_ms") if rt in mine else "-" for rt in runtimes]
+        cells.append(_cell(mine["tflite-float32"], "peak_pct") if "tflite-float32" in mine
+                     else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def to_markdown(result: dict) -> str:
@@ -1018,7 +1122,9 @@ def to_markdown(result: dict) -> str:
             f"{t} thread(s) {g['gflops']:.0f} GFLOP/s" for t, g in result["gemm"].items()
             if g) + "")
         lines.append("")
-    header = ["model", "form", "runtime", "threads", "median (ms)", "p90 (ms)", "params (M)",
+    lines += summary_table(result)
+    header = ["model", "form", "runtime", "threads", "median (ms)", "p90 (ms)", "noise (%)",
+              "params (M)",
               "MACs (M)", "file (MB)", "GFLOP/s", "% GEMM peak", "top-1 (%)"]
     rows = [r for r in result["rows"] if "images_per_s" not in r]
     if rows:

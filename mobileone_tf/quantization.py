@@ -427,7 +427,7 @@ def _distiller(tf_keras, student, teacher, temperature, label_weight):
 
 def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
               learning_rate=1e-5, temperature=2.0, label_weight=0.0,
-              checkpoint_dir=None, resume=True, verbose=1):
+              checkpoint_dir=None, resume=True, mix=None, mix_alpha=1.0, verbose=1):
     """Quantization-aware fine-tuning by distillation from the float model.
 
     Args:
@@ -440,6 +440,12 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
         learning_rate: Adam learning rate (cosine decay to 0 over the run).
         temperature: distillation temperature ``T`` (> 0).
         label_weight: weight of the label cross-entropy (0: distillation only).
+        mix: ``None``, ``"mixup"`` or ``"cutmix"``: blend the images of each
+            batch (``keras.layers.MixUp`` / ``CutMix``, strength
+            ``mix_alpha``) before teacher and student see them, widening the
+            inputs the student matches the teacher on ("function matching",
+            Beyer et al., CVPR 2022, for distillation on small in-domain
+            sets). Needs ``label_weight == 0`` (mixed images have no label).
         checkpoint_dir: ``tf.train.CheckpointManager`` folder (model +
             optimizer + epoch), written at each epoch end; with ``resume``
             the latest checkpoint there is restored and training continues
@@ -452,6 +458,12 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
     tf_keras, _ = load_tfmot()
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if mix not in MIX_MODES:
+        raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
+    if mix and label_weight:
+        raise ValueError("mix needs label_weight == 0: mixed images have no single label")
+    if mix and mix_alpha <= 0:
+        raise ValueError(f"mix_alpha must be > 0, got {mix_alpha}")
     if steps_per_epoch is None:
         card = int(train_data.cardinality())
         if card <= 0:
@@ -482,9 +494,34 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
         callbacks.append(Save())
     if initial_epoch >= epochs:
         return None
+    if mix:
+        train_data = mix_images(train_data, mix, mix_alpha)
     return distiller.fit(train_data.repeat(), epochs=epochs, initial_epoch=initial_epoch,
                          steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                          verbose=verbose)
+
+
+MIX_MODES = (None, "mixup", "cutmix")
+
+
+def mix_images(dataset, mode, alpha=1.0, seed=0):
+    """Batches of images ``(B, H, W, 3)`` float32 -> the same, blended in pairs.
+
+    ``mode``: ``"mixup"`` (``keras.layers.MixUp(alpha)``: per-image weight
+    ~ Beta(alpha, alpha)) or ``"cutmix"`` (``keras.layers.CutMix(alpha)``:
+    a box of another image of the batch pasted in). Labels, if the elements
+    are ``(images, labels)`` pairs, are dropped.
+    """
+    import keras
+    if mode not in MIX_MODES[1:]:
+        raise ValueError(f"mode must be 'mixup' or 'cutmix', got {mode!r}")
+    layer = (keras.layers.MixUp(alpha=alpha, seed=seed) if mode == "mixup"
+             else keras.layers.CutMix(factor=alpha, seed=seed))
+
+    def blend(*batch):
+        return layer(batch[0], training=True)
+
+    return dataset.map(blend)
 
 
 # ---------------------------------------------------------------------------
@@ -737,7 +774,7 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                                 temperature=2.0, label_weight=0.0, io="float32",
                                 checkpoint_dir=None, resume=True, overwrite=False,
                                 input_size=None, verify_data=None, calibration_steps=10,
-                                equalize=True, verbose=1):
+                                equalize=True, mix=None, mix_alpha=1.0, verbose=1):
     """Fused Keras 3 MobileOne -> QAT by distillation -> int8 TFLite file.
 
     Args:
@@ -777,7 +814,8 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
     history = fine_tune(qat_model, teacher, train_data, epochs=epochs,
                         steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
                         temperature=temperature, label_weight=label_weight,
-                        checkpoint_dir=checkpoint_dir, resume=resume, verbose=verbose)
+                        checkpoint_dir=checkpoint_dir, resume=resume, mix=mix,
+                        mix_alpha=mix_alpha, verbose=verbose)
     path, report = export_tflite(qat_model, output, io=io, overwrite=overwrite,
                                  verify_data=verify_data)
     report["history"] = history.history if history is not None else {}

@@ -24,6 +24,9 @@ flags.DEFINE_list("baselines", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet
 flags.DEFINE_list("models", None, "Explicit model names (overrides --variants/--baselines).")
 flags.DEFINE_integer("runs", 100, "Timed runs per measurement (median/p90 over them).")
 flags.DEFINE_integer("warmup", 10, "Untimed warm-up runs.")
+flags.DEFINE_integer("rounds", 5, "Split the runs into this many rounds, interleaved across "
+                     "models (a slow spell spreads over all of them); the spread of the "
+                     "round medians is reported as noise.")
 flags.DEFINE_integer("image_size", 224, "Input height = width.")
 flags.DEFINE_enum("study", None, ["activations", "blocks", "flops"], "Paper latency study.")
 flags.DEFINE_enum("mode", "latency", ["latency", "train"], "Inference latency or training.")
@@ -47,7 +50,7 @@ def main(argv):
             "runtimes": FLAGS.runtimes, "threads": [int(t) for t in FLAGS.threads],
             "forms": FLAGS.forms, "quantizations": FLAGS.quantizations,
             "baselines": [b for b in FLAGS.baselines if b], "models": FLAGS.models,
-            "runs": FLAGS.runs, "warmup": FLAGS.warmup, "image_size": FLAGS.image_size,
+            "runs": FLAGS.runs, "warmup": FLAGS.warmup, "rounds": FLAGS.rounds, "image_size": FLAGS.image_size,
             "workdir": FLAGS.workdir})
     text = benchmark.to_markdown(result)
     print(text)

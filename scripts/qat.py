@@ -26,6 +26,9 @@ flags.DEFINE_integer("calibration_steps", 10,
                      "batches to set the activation ranges before QAT (0: TFMOT's [-6, 6])")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint each epoch here and resume")
 flags.DEFINE_bool("overwrite", False, "overwrite --output")
+flags.DEFINE_enum("mix", "none", ["none", "mixup", "cutmix"],
+                  "blend training images in pairs before distillation (function matching)")
+flags.DEFINE_float("mix_alpha", 1.0, "MixUp Beta(alpha, alpha) / CutMix strength")
 FLAGS = flags.FLAGS
 
 
@@ -49,7 +52,8 @@ def main(argv):
         model, train, FLAGS.output, epochs=FLAGS.epochs,
         steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
         temperature=FLAGS.temperature, io=FLAGS.io, checkpoint_dir=FLAGS.checkpoint_dir,
-        calibration_steps=FLAGS.calibration_steps, overwrite=FLAGS.overwrite)
+        calibration_steps=FLAGS.calibration_steps, overwrite=FLAGS.overwrite,
+        mix=None if FLAGS.mix == "none" else FLAGS.mix, mix_alpha=FLAGS.mix_alpha)
     print(f"Wrote {path}: {report['size_bytes'] / 1e6:.2f} MB, ops {report['ops']}")
 
 

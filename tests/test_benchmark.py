@@ -97,6 +97,7 @@ def test_import_coreml_report(tmp_path):
 def test_report_formats(tmp_path):
     rows = [{"model": m, "form": "fused", "runtime": "tflite-float32", "threads": 2,
              "median_ms": lat, "p90_ms": lat * 1.1, "mean_ms": lat, "min_ms": lat, "runs": 100,
+             "noise_pct": 3.0,
              "params": p, "macs": macs, "file_bytes": 2 ** 20, "top1": 70.0}
             for m, lat, p, macs in (("mobileone_s0", 2.0, 2e6, 275e6),
                                     ("mobilenet_v2", 1.0, 3.5e6, 300e6),
@@ -112,13 +113,50 @@ def test_report_formats(tmp_path):
     res["findings"] = bm.findings(res)
     assert res["findings"]["fused_speedup"][0]["speedup"] == pytest.approx(4.0)
     md = bm.to_markdown(res)
-    assert "| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 2.00 | 275.0 | 1.00 |" in md
+    assert "| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 3.0 | 2.00 | 275.0 | 1.00 |" \
+        in md
+    # summary: one row per model/form, medians per runtime, MobileOne first
+    assert "| mobileone_s0 | branched | 2.00 | 1050.0 | 70.0 | 8.00 |" in md
+    assert md.index("| mobileone_s1 | fused | 4.80") < md.index("| mobilenet_v2 | fused | 3.50")
     assert "Spearman" in md and res["machine"]["cpu"] in md
     bm.write_json(res, tmp_path / "r.json")
     back = json.loads((tmp_path / "r.json").read_text())
     assert {"machine", "gemm", "rows"} <= set(back) and back["rows"][0]["macs"] == 275e6
     bm.plot(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_interleaved_timings_rounds_and_noise(monkeypatch):
+    """Rounds interleave the callables (a, b, a, b, ...), split the runs
+    exactly, and report the spread of the round medians."""
+    calls = []
+    clock = iter(float(t) for t in range(10000))
+    monkeypatch.setattr(bm.time, "perf_counter", lambda: next(clock))
+    # fake clock: every call takes 1 "second" except b in round 2 (3 seconds)
+    state = {"round": 0}
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            if name == "b" and state["round"] == 1:
+                next(clock), next(clock)
+        return fn
+
+    a, b = make("a"), make("b")
+
+    def b_counting():
+        b()
+        if sum(c == "b" for c in calls) == 3 + 1:   # 1 warm-up + round 0 (3 runs)
+            state["round"] = 1
+
+    stats = bm.interleaved_timings([a, b_counting], runs=7, warmup=1, rounds=2)
+    assert calls == ["a", "b"] + ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
+    assert [s["runs"] for s in stats] == [7, 7]
+    assert stats[0]["round_medians_ms"] == [1000.0, 1000.0] and stats[0]["noise_pct"] == 0
+    assert stats[1]["round_medians_ms"] == [1000.0, 3000.0]
+    assert stats[1]["noise_pct"] == pytest.approx(100 * 2000 / stats[1]["median_ms"])
+    with pytest.raises(ValueError, match="rounds"):
+        bm.interleaved_timings([a], runs=5, warmup=0, rounds=0)
 
 
 def test_config_errors():

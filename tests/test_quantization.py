@@ -52,7 +52,8 @@ def tiny_qat(tmp_path_factory):
     train = q.image_folder_dataset(tmp / "train", image_size=SIZE, batch_size=4)
     qat_model, path, report = q.quantization_aware_training(
         model, train, tmp / "s0_int8.tflite", epochs=2, steps_per_epoch=2,
-        learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify, verbose=0)
+        learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify, mix="cutmix",
+        verbose=0)
     return dict(tmp=tmp, model=model, qat=qat_model, path=path, report=report,
                 verify=verify, folder=folder)
 
@@ -95,6 +96,15 @@ def test_resume_from_checkpoint(tiny_qat):
     np.testing.assert_allclose(qm(x).numpy(), tiny_qat["qat"](x).numpy(), atol=1e-5)
 
 
+def test_mix_options_checked(tiny_qat):
+    train = q.image_folder_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
+    for kw, msg in [(dict(mix="mixup", label_weight=1.0), "label_weight == 0"),
+                    (dict(mix="blend"), "mix must be one of"),
+                    (dict(mix="cutmix", mix_alpha=0.0), "mix_alpha must be > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            q.fine_tune(tiny_qat["qat"], tiny_qat["qat"], train, **kw)
+
+
 def test_legacy_keras_flag_does_not_leak(tiny_qat):
     assert "TF_USE_LEGACY_KERAS" not in os.environ
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -129,6 +139,26 @@ def test_ptq(tmp_path):
     # int8 logits track the float ones (relative to their range)
     ref = model(x).numpy()
     assert np.abs(out - ref).max() < 0.1 * (ref.max() - ref.min())
+
+
+def test_mix_images_blends_within_the_batch():
+    """CutMix pastes a box of another image of the batch (every pixel comes
+    from one of the batch's images at the same place); MixUp gives convex
+    combinations (inside the batch's per-pixel range)."""
+    import tensorflow as tf
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    cut = next(iter(q.mix_images(ds, "cutmix", 1.0))).numpy()
+    assert cut.shape == x.shape
+    same = np.isclose(cut[:, None], x[None]).all(-1)          # (out, src, H, W)
+    assert same.any(1).all()                                   # every pixel from some image
+    assert not np.allclose(cut, x)                              # and something was pasted
+    up = next(iter(q.mix_images(ds, "mixup", 1.0))).numpy()
+    assert (up >= x.min(0) - 1e-3).all() and (up <= x.max(0) + 1e-3).all()
+    assert np.abs(up - x).max() > 1.0
+    with pytest.raises(ValueError, match="mixup' or 'cutmix"):
+        q.mix_images(ds, "blend")
 
 
 # --- bad input: clear errors, nothing written --------------------------------
