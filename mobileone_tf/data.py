@@ -75,7 +75,8 @@ def read_class_index(path) -> dict:
         return {row["synset"]: int(row[index_col]) for row in reader}
 
 
-def _is_image(name):
+def is_image_file(name) -> bool:
+    """True for a visible file name with an image extension (IMAGE_EXTENSIONS)."""
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
@@ -127,7 +128,7 @@ def list_examples(data_dir, synset_to_index=None):
         for root, dirs, files in os.walk(folder):
             dirs.sort()
             for name in sorted(files):
-                if _is_image(name):
+                if is_image_file(name):
                     paths.append(os.path.join(root, name))
                     labels.append(class_ids[c])
     if not paths:
@@ -183,7 +184,7 @@ def list_images(data_dir):
     paths = []
     for root, dirs, files in os.walk(data_dir):
         dirs.sort()
-        paths.extend(os.path.join(root, n) for n in sorted(files) if _is_image(n))
+        paths.extend(os.path.join(root, n) for n in sorted(files) if is_image_file(n))
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {data_dir}")
     return paths

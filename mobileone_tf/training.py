@@ -388,7 +388,7 @@ def folder_classes(data_dir):
         raise ValueError(f"{data_dir} has no class sub-folders (ImageFolder "
                          "layout: DIR/<class>/<image>).")
     empty = [c for c in classes if not any(
-        mo_data._is_image(f) for _, _, files in os.walk(os.path.join(data_dir, c))
+        mo_data.is_image_file(f) for _, _, files in os.walk(os.path.join(data_dir, c))
         for f in files)]
     if empty:
         raise ValueError(f"{data_dir}: class folders without images: {empty[:10]}")
@@ -721,7 +721,8 @@ def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
         steps = config.steps_per_epoch
     else:
         n_train = mo_data.count_records(files) if tfrecord else sum(
-            len(os.listdir(os.path.join(train_dir, c))) for c in names)
+            mo_data.is_image_file(f) for c in names
+            for _, _, fs in os.walk(os.path.join(train_dir, c)) for f in fs)
         steps = max(n_train // config.batch_size, 1)
 
     def train_fn(size, mag):
