@@ -29,3 +29,14 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
         fileio.atomic_write(p, 123)               # neither bytes nor str
     assert json.loads(p.read_text()) == {"ok": True}
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_permissions_follow_umask(tmp_path):
+    """Like open(): 0666 minus the umask (mkstemp alone would give 0600)."""
+    import os
+    old = os.umask(0o022)
+    try:
+        p = fileio.atomic_write(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == 0o644
