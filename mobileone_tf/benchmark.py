@@ -252,7 +252,12 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
             or ``study_*`` (see :func:`study_net`).
         form: ``fused`` or ``branched`` (MobileOne only; baselines ignore it).
 
-    Random weights (``weights=None``): latency does not depend on them.
+    Random weights (``weights=None``). The fused MobileOne is ``fuse()`` of
+    the random branched model, not a randomly initialised fused model: with
+    no identity branch folded in, the latter's activations shrink ~1e-35 by
+    stage 4 and float32 denormals slow x86 kernels that do not flush them
+    (ONNX Runtime ran S4's last 1x1 conv in 117 ms instead of ~2 ms). Real
+    fused weights, like these, keep activations in the normal range.
     """
     import keras
     inp = keras.Input(batch_shape=(1, image_size, image_size, 3), name="image")
@@ -262,9 +267,10 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
             raise ValueError(f"form must be 'fused' or 'branched', got {form!r}")
         # input_shape, not input_tensor: the export helper wants a single
         # model.input tensor; the runners/converters fix the batch to 1.
-        return MobileOne(name.split("_", 1)[1], weights=None,
-                         input_shape=(image_size, image_size, 3),
-                         fused=form == "fused", name=name)
+        from mobileone_tf.models import fuse
+        model = MobileOne(name.split("_", 1)[1], weights=None,
+                          input_shape=(image_size, image_size, 3), name=name)
+        return fuse(model) if form == "fused" else model
     apps = keras.applications
     builders = {
         "mobilenet_v2": apps.MobileNetV2,

@@ -159,6 +159,26 @@ def test_interleaved_timings_rounds_and_noise(monkeypatch):
         bm.interleaved_timings([a], runs=5, warmup=0, rounds=0)
 
 
+def test_fused_benchmark_model_has_normal_range_activations():
+    """The fused MobileOne the benchmark times is fuse(branched): its deepest
+    features stay far from float32 denormals (a randomly initialised fused
+    model reaches ~1e-35 at stage 4, which slows x86 kernels ~50x)."""
+    import keras
+    import numpy as np
+    from mobileone_tf import models
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+
+    def deepest(m):
+        sub = keras.Model(m.input, m.get_layer("stage4_1_conv").input)
+        return float(np.abs(keras.ops.convert_to_numpy(sub(x))).max())
+
+    fused = bm.build_model("mobileone_s0", "fused", 64)
+    assert models.model_form(fused) == "fused"
+    assert deepest(fused) > 1e-12
+    plain = models.MobileOne("s0", weights=None, fused=True, input_shape=(64, 64, 3))
+    assert deepest(plain) < 1e-20  # the failure mode this guards against
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="Unknown runtimes"):
         bm.run({"runtimes": ["tvm"]})
