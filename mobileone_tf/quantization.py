@@ -627,8 +627,8 @@ def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_da
 
     Returns:
         ``(path, report)``; ``report`` has ``size_bytes``, ``ops`` (op names),
-        and with ``verify_data`` ``top1_agreement``, ``max_abs_diff`` (logits)
-        and ``output_scale`` (one int8 step of the output).
+        and with ``verify_data`` ``top1_agreement``, ``max_abs_diff`` and
+        ``mean_abs_diff`` (logits) and ``output_scale`` (one int8 step of the output).
 
     Raises:
         FileExistsError: ``output`` exists and not ``overwrite``.
@@ -648,7 +648,8 @@ def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_da
         ref = qat_model(np.asarray(verify_data, np.float32), training=False).numpy()
         got, scale = run_tflite(data, verify_data, with_scale=True)
         report.update(top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
-                      max_abs_diff=float(np.abs(ref - got).max()), output_scale=scale)
+                      max_abs_diff=float(np.abs(ref - got).max()),
+                      mean_abs_diff=float(np.abs(ref - got).mean()), output_scale=scale)
     path = fileio.atomic_write(str(output), data, overwrite=overwrite)
     report["size_bytes"] = os.path.getsize(path)
     return path, report

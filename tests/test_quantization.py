@@ -64,10 +64,12 @@ def test_tiny_qat_all_int8_and_matches_keras(tiny_qat):
     assert r["float_ops"] == []
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(r["ops"])
     assert set(r["ops"]) & {"QUANTIZE", "DEQUANTIZE"}  # float I/O: only at the edges
-    # the TFLite kernels round differently from TF's fake-quant (and the tiny
-    # run's weights vary with thread scheduling): allow a few output
-    # quantization steps (4.0 seen once), and the class must agree on (nearly) every image
-    assert r["max_abs_diff"] <= 6 * r["output_scale"], r
+    # the TFLite kernels round differently from TF's fake-quant, and the tiny
+    # run's weights vary with thread scheduling: on average about one output
+    # quantization step (0.88-0.98 seen), a few steps at worst (4, 5 and 7
+    # seen), and the class must agree on (nearly) every image
+    assert r["mean_abs_diff"] <= 2 * r["output_scale"], r
+    assert r["max_abs_diff"] <= 12 * r["output_scale"], r
     assert r["top1_agreement"] >= 15 / 16, r
     assert len(r["history"]["kd_loss"]) == 2
     assert sorted(os.listdir(tiny_qat["tmp"] / "ckpt"))  # checkpoints written
