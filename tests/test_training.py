@@ -123,7 +123,10 @@ def test_from_scratch_loss_falls_fuses_and_writes_outputs(tmp_path):
     keras.utils.set_random_seed(0)
     cfg = _tiny_config(epochs=4, image_sizes=(32,), resize_epochs=(0,))
     out = tmp_path / "run"
-    s = training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3)
+    # 12 steps an epoch: with 3, the loss of a randomly initialised network
+    # after 12 momentum-SGD steps was noise on some CPUs (seen: 1.99 -> 1.68);
+    # with 12, seeds 0-2 end at 0.48-0.68 of the first epoch's loss
+    s = training.train(cfg, _train_fn(n=192), _val(), 3, str(out), steps_per_epoch=12)
     import csv
     rows = list(csv.DictReader(open(out / "log.csv")))
     losses = [float(r["loss"]) for r in rows]
@@ -140,12 +143,13 @@ def test_from_scratch_loss_falls_fuses_and_writes_outputs(tmp_path):
     x, _ = _arrays(8, 40, seed=3)
     p_branched = _call(s["model"], x)
     fused = keras.models.load_model(out / "fused.keras")
-    np.testing.assert_allclose(_call(fused, x), p_branched, atol=1e-5)
+    # (probabilities; float32 sums in another order over 12 blocks: 3.7e-5 seen)
+    np.testing.assert_allclose(_call(fused, x), p_branched, atol=1e-4)
     assert mo_models.model_form(fused) == "fused"
     # the state file loads into a fresh model (either form), as convert.py does
     again = mo_models.MobileOne("s0", weights=str(out / "fused.weights.h5"), classes=3,
                                 input_shape=(None, None, 3), fused=True)
-    np.testing.assert_allclose(_call(again, x), p_branched, atol=1e-5)
+    np.testing.assert_allclose(_call(again, x), p_branched, atol=1e-4)
 
 
 def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
