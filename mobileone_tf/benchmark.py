@@ -669,17 +669,31 @@ def stats(ts):
     return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
             "mean_ms": float(t.mean()), "min_ms": float(t.min()), "runs": len(ts)}
 if spec["mode"] == "latency":
+    # the same interleaved rounds as interleaved_timings(): all models warmed
+    # up, then each round times runs/rounds calls of every model in turn
+    models, inputs = [], []
     for v in spec["variants"]:
-        m = reparameterize_model(timm.create_model(f"mobileone_{v}", pretrained=False).eval())
-        x = torch.rand(1, 3, spec["size"], spec["size"]) * 255
-        with torch.inference_mode():
+        models.append(reparameterize_model(
+            timm.create_model(f"mobileone_{v}", pretrained=False).eval()))
+        inputs.append(torch.rand(1, 3, spec["size"], spec["size"]) * 255)
+    runs, rounds = spec["runs"], max(1, min(spec.get("rounds", 1), spec["runs"]))
+    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    times = [[[] for _ in range(rounds)] for _ in models]
+    with torch.inference_mode():
+        for m, x in zip(models, inputs):
             for _ in range(spec["warmup"]): m(x)
-            ts = []
-            for _ in range(spec["runs"]):
-                t0 = time.perf_counter(); m(x); ts.append(time.perf_counter() - t0)
+        for r in range(rounds):
+            for i, (m, x) in enumerate(zip(models, inputs)):
+                for _ in range(per_round[r]):
+                    t0 = time.perf_counter(); m(x); times[i][r].append(time.perf_counter() - t0)
+    for v, m, per_m in zip(spec["variants"], models, times):
+        s = stats([t for rnd in per_m for t in rnd])
+        medians = [float(np.median(rnd)) * 1e3 for rnd in per_m]
+        s.update(round_medians_ms=medians,
+                 noise_pct=100.0 * (max(medians) - min(medians)) / s["median_ms"])
         rows.append({"model": f"mobileone_{v}", "form": "fused", "runtime": "torch",
                      "threads": spec["threads"],
-                     "params": int(sum(p.numel() for p in m.parameters())), **stats(ts)})
+                     "params": int(sum(p.numel() for p in m.parameters())), **s})
 else:
     v = spec["variants"][0]
     m = timm.create_model(f"mobileone_{v}", pretrained=False).train()
@@ -863,7 +877,8 @@ def _torch_latency(cfg, threads, result):
     try:
         out = run_torch({"mode": "latency", "variants": cfg["variants"], "threads": threads,
                          "runs": cfg["runs"], "warmup": cfg["warmup"],
-                         "size": cfg["image_size"], "batch": 1})
+                         "rounds": cfg.get("rounds", 1), "size": cfg["image_size"],
+                         "batch": 1})
     except Exception as e:  # noqa: BLE001
         result["errors"].append(f"torch latency: {e}")
         return

@@ -206,3 +206,20 @@ def test_script_end_to_end_tiny(tmp_path):
     assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
     assert chk["conv_ops"] == chk["expected_conv_ops"]
     assert "| mobileone_s0 | fused | tflite-float32 | 1 |" in (tmp_path / "r.md").read_text()
+
+
+def test_torch_latency_reports_rounds_and_noise():
+    """timm's re-parameterized MobileOne (subprocess) is timed in the same
+    interleaved rounds as the TF runtimes, so its rows carry a noise figure."""
+    if not bm.torch_available():
+        pytest.skip("torch/timm not installed")
+    out = bm.run_torch({"mode": "latency", "variants": ["s0", "s1"], "threads": 1,
+                           "runs": 4, "warmup": 1, "rounds": 2, "size": 64, "batch": 1})
+    rows = out["rows"]
+    assert [r["model"] for r in rows] == ["mobileone_s0", "mobileone_s1"]
+    for r in rows:
+        assert r["runs"] == 4 and len(r["round_medians_ms"]) == 2
+        lo, hi = min(r["round_medians_ms"]), max(r["round_medians_ms"])
+        assert r["noise_pct"] == pytest.approx(100 * (hi - lo) / r["median_ms"])
+    # timm's fused S0 has Apple's 2.08 M parameters (independent of our count)
+    assert rows[0]["params"] == pytest.approx(2.08e6, rel=0.01)
