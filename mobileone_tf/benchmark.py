@@ -766,8 +766,15 @@ def _spawn_worker(spec: dict, timeout=3600) -> dict:
                                "--worker", str(spec_path), str(out_path)],
                               env=env, timeout=timeout, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not out_path.exists():
+            hint = ""
+            if proc.returncode < 0 and env.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+                # seen 2026-12-01: TF 2.21's oneDNN kernels segfault in the
+                # branched S0 training step (128-224 px) on a Xeon with
+                # AVX512-FP16; TF's own kernels run it
+                hint = (f"\nthe worker was killed by signal {-proc.returncode}; TensorFlow's "
+                        "oneDNN kernels crash on some CPUs: rerun with TF_ENABLE_ONEDNN_OPTS=0")
             raise RuntimeError(f"benchmark worker failed (rc {proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}")
+                               f"{proc.stderr[-3000:]}{hint}")
         return json.loads(out_path.read_text())
 
 
