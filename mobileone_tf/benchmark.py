@@ -664,33 +664,15 @@ spec = json.loads(sys.argv[1])
 torch.set_num_threads(int(spec["threads"]))
 from timm.utils.model import reparameterize_model
 rows = []
-def stats(ts):
-    t = np.asarray(ts) * 1e3
-    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-            "mean_ms": float(t.mean()), "min_ms": float(t.min()), "runs": len(ts)}
 if spec["mode"] == "latency":
-    # the same interleaved rounds as interleaved_timings(): all models warmed
-    # up, then each round times runs/rounds calls of every model in turn
-    models, inputs = [], []
-    for v in spec["variants"]:
-        models.append(reparameterize_model(
-            timm.create_model(f"mobileone_{v}", pretrained=False).eval()))
-        inputs.append(torch.rand(1, 3, spec["size"], spec["size"]) * 255)
-    runs, rounds = spec["runs"], max(1, min(spec.get("rounds", 1), spec["runs"]))
-    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
-    times = [[[] for _ in range(rounds)] for _ in models]
+    # interleaved_timings(), the same rounds and noise as the TF runtimes
+    models = [reparameterize_model(timm.create_model(f"mobileone_{v}", pretrained=False).eval())
+              for v in spec["variants"]]
+    x = torch.rand(1, 3, spec["size"], spec["size"]) * 255
     with torch.inference_mode():
-        for m, x in zip(models, inputs):
-            for _ in range(spec["warmup"]): m(x)
-        for r in range(rounds):
-            for i, (m, x) in enumerate(zip(models, inputs)):
-                for _ in range(per_round[r]):
-                    t0 = time.perf_counter(); m(x); times[i][r].append(time.perf_counter() - t0)
-    for v, m, per_m in zip(spec["variants"], models, times):
-        s = stats([t for rnd in per_m for t in rnd])
-        medians = [float(np.median(rnd)) * 1e3 for rnd in per_m]
-        s.update(round_medians_ms=medians,
-                 noise_pct=100.0 * (max(medians) - min(medians)) / s["median_ms"])
+        stats = interleaved_timings([lambda m=m: m(x) for m in models], spec["runs"],
+                                    spec["warmup"], spec.get("rounds", 1))
+    for v, m, s in zip(spec["variants"], models, stats):
         rows.append({"model": f"mobileone_{v}", "form": "fused", "runtime": "torch",
                      "threads": spec["threads"],
                      "params": int(sum(p.numel() for p in m.parameters())), **s})
@@ -700,13 +682,10 @@ else:
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(spec["batch"], 3, spec["size"], spec["size"])
     y = torch.randint(0, 1000, (spec["batch"],))
-    ts = []
-    for i in range(spec["warmup"] + spec["runs"]):
-        t0 = time.perf_counter()
+    def step():
         opt.zero_grad(); loss = torch.nn.functional.cross_entropy(m(x), y)
         loss.backward(); opt.step()
-        if i >= spec["warmup"]: ts.append(time.perf_counter() - t0)
-    s = stats(ts)
+    s = time_callable(step, spec["runs"], spec["warmup"])
     rows.append({"model": f"mobileone_{v}", "form": "branched", "runtime": "torch-train",
                  "threads": spec["threads"], "batch": spec["batch"],
                  "images_per_s": spec["batch"] / (s["median_ms"] / 1e3), **s})
@@ -724,7 +703,13 @@ def run_torch(spec: dict, timeout=1800) -> dict:
     """Runs the timm script in a fresh interpreter; ``spec`` keys: mode
     (latency|train), variants, threads, runs, warmup, size, batch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
-    proc = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, json.dumps(spec)],
+    # this module imports TensorFlow (through the package), which must not
+    # share a process with torch: the script gets the timing helpers' source
+    import inspect
+    helpers = "".join(inspect.getsource(f) + "\n" for f in
+                      (summarize, time_callable, interleaved_timings))
+    script = _TORCH_SCRIPT.replace("rows = []\n", helpers + "rows = []\n", 1)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
