@@ -1,21 +1,126 @@
-"""Small helpers shared by the absl scripts in scripts/."""
+"""What every absl script in ``scripts/`` shares: one error convention, a quiet
+TensorFlow start-up, and the flags several scripts take.
 
+A script is a thin shell::
+
+    from absl import flags
+    from mobileone_tf import cli
+
+    FLAGS = flags.FLAGS
+    cli.define_model_flags()          # --variant, --weights (optional)
+
+    def main(argv):
+        from mobileone_tf import ...  # heavy imports inside main: --help stays fast
+        ...
+
+    if __name__ == "__main__":
+        cli.main(main)
+
+Error convention (:func:`main`): a user error -- a bad flag, a missing or
+unreadable file, a wrong variant, an existing output -- prints one line
+``error: ...`` on stderr and exits with status 1 (2 for a bad flag), without a
+traceback. ``--verbose`` or ``MOBILEONE_TF_DEBUG=1`` shows the traceback.
+Anything else (a bug) keeps its traceback.
+
+This module imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
 
+# Silence TensorFlow's C++ start-up lines (oneDNN notices, CUDA probing) before
+# anything imports TensorFlow; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-def weights_arg(value: str):
-    """``--weights`` value: ``'none'`` means random initialization (``None``)."""
-    return None if value is None or value.lower() == "none" else value
+from absl import app, flags  # noqa: E402
+
+USER_ERRORS = (ValueError, OSError, app.UsageError)
+"""Exception types that :func:`main` reports as one ``error:`` line.
+
+``OSError`` covers ``FileNotFoundError``, ``FileExistsError``,
+``PermissionError``, ``IsADirectoryError``; the package's own error classes
+(e.g. the checkpoint reader's) derive from ``ValueError``.
+"""
+
+DEBUG_ENV = "MOBILEONE_TF_DEBUG"
+
+flags.DEFINE_bool("verbose", False, "Show the full traceback of an error "
+                  f"(also: {DEBUG_ENV}=1).")
 
 
-def run(main):
-    """Wraps an absl ``main``: expected input errors (ValueError,
-    FileNotFoundError) print one ``error: ...`` line and exit with status 1
-    instead of a traceback."""
+def weights_arg(value):
+    """``--weights`` value: ``'none'`` (any case) or empty means random
+    initialization (``None``); anything else is returned unchanged
+    (``'imagenet'`` or a file path)."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    return value
+
+
+def define_model_flags(variant="s0", weights="imagenet", fused=None):
+    """Defines ``--variant`` (s0..s4) and ``--weights`` (and ``--fused`` when
+    ``fused`` is a bool: its default)."""
+    from mobileone_tf import variants
+    flags.DEFINE_enum("variant", variant, sorted(variants.VARIANTS), "MobileOne variant.")
+    flags.DEFINE_string("weights", weights, "'imagenet', 'none' (random initialization), a "
+                        ".weights.h5, or a PyTorch checkpoint (Apple, timm or mmpretrain).")
+    if fused is not None:
+        flags.DEFINE_bool("fused", fused, "Use the fused (re-parameterized, inference) form.")
+
+
+def _debug() -> bool:
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        return True
+    try:
+        return bool(flags.FLAGS.verbose)
+    except (flags.UnparsedFlagAccessError, AttributeError):
+        return "--verbose" in sys.argv
+
+
+def error_message(exc: BaseException, limit: int = 600) -> str:
+    """The one-line message for a user error: ``str(exc)`` with its lines
+    joined by ``"; "``, cut at ``limit`` characters."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {exc.strerror or text}"
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(text) > limit:
+        text = text[: limit - 30].rstrip() + " ... (--verbose shows all)"
+    return text
+
+
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except SystemExit as e:  # absl's --help exits with status 1; help is not an error
+        if e.code == 1 and any(a in _HELP for a in argv[1:]):
+            sys.exit(0)
+        raise
+
+
+def main(fn):
+    """Runs ``fn(argv)`` under absl with the error convention above and exits
+    with its return value (0 when it returns ``None``)."""
+
     def wrapped(argv):
         try:
-            return main(argv)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return wrapped
+            status = fn(argv)
+        except USER_ERRORS as e:
+            if _debug():
+                raise
+            print(f"error: {error_message(e)}", file=sys.stderr)
+            return 2 if isinstance(e, app.UsageError) else 1
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        return 0 if status is None else status
+
+    app.run(wrapped, flags_parser=_parse_flags)

@@ -14,6 +14,15 @@ returns a callable ``f(images) -> outputs``:
 
 Core ML packages cannot run on Linux (``MLModel.predict`` is macOS-only);
 :func:`load` runs them only on macOS.
+
+This is the one module that runs an exported file. Also here: the TFLite
+helpers every other module uses (:func:`tflite_interpreter`,
+:func:`run_tflite` with input quantization / output dequantization,
+:func:`quantize_input`, :func:`tflite_io`, the op census :func:`tflite_ops`
+and :func:`tflite_graph_report` with XNNPACK coverage), the Core ML
+classifier labels (:func:`classifier_labels`) and :func:`import_coremltools`.
+Nothing here imports TensorFlow at module level, nor any other
+``mobileone_tf`` module.
 """
 
 from __future__ import annotations
@@ -46,18 +55,23 @@ class Runner:
         if self.input_shape and tuple(images.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"{self.path} takes images of shape {tuple(self.input_shape)}; "
                              f"got {tuple(images.shape[1:])}")
-        b = self.batch_size
-        if not b:
-            return np.asarray(self._fn(images), np.float32)
-        outs = []
-        for start in range(0, len(images), b):
-            chunk = images[start:start + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, 0)])
-            outs.append(np.asarray(self._fn(chunk), np.float32)[:n])
-        return np.concatenate(outs)
+        return in_batches(self._fn, images, self.batch_size)
 
+
+def in_batches(fn, images, batch_size):
+    """``fn`` applied to ``images`` in chunks of a fixed ``batch_size`` (the
+    last chunk padded by repeating its last image; the padding is dropped);
+    ``fn(images)`` at once when ``batch_size`` is ``None``. Returns float32."""
+    if not batch_size:
+        return np.asarray(fn(images), np.float32)
+    outs = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
+        outs.append(np.asarray(fn(chunk), np.float32)[:n])
+    return np.concatenate(outs)
 
 def _kind(path):
     p = str(path).rstrip("/")
@@ -110,27 +124,9 @@ def load(path, num_threads=None, batch_size=None) -> Runner:
 
 
 def _load_tflite(path, num_threads):
-    from ai_edge_litert.interpreter import Interpreter
-    interp = Interpreter(model_path=str(path), num_threads=num_threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-
-    def fn(x):
-        q_scale, q_zero = inp["quantization"]
-        if np.issubdtype(inp["dtype"], np.integer):
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / q_scale + q_zero), info.min, info.max)
-        interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return y.copy()
-
-    shape = tuple(int(d) for d in inp["shape"])
-    return Runner(path, "tflite", fn, shape[0], shape[1:])
+    interp = tflite_interpreter(path, num_threads)
+    shape = tuple(int(d) for d in interp.get_input_details()[0]["shape"])
+    return Runner(path, "tflite", lambda x: _invoke(interp, x), shape[0], shape[1:])
 
 
 def _load_onnx(path, num_threads):
@@ -168,7 +164,6 @@ def _load_coreml(path):
     if sys.platform != "darwin":
         raise RuntimeError("Core ML packages run only on macOS (MLModel.predict); on Linux "
                            "use scripts/verify_coreml.py for the spec-level checks.")
-    from mobileone_tf.export import import_coremltools
     ct = import_coremltools()
     from PIL import Image
     mlmodel = ct.models.MLModel(str(path))
@@ -177,7 +172,7 @@ def _load_coreml(path):
     h = image_input.type.imageType.height
     w = image_input.type.imageType.width
     probs = spec.description.predictedProbabilitiesName
-    names = _classifier_labels(spec) if probs else None
+    names = classifier_labels(spec) if probs else None
 
     def fn(x):
         rows = []
@@ -193,7 +188,7 @@ def _load_coreml(path):
     return Runner(path, "coreml", fn, 1, (h, w, 3))
 
 
-def _classifier_labels(spec):
+def classifier_labels(spec):
     """The class labels of a Core ML classifier spec (ML program: the
     ``classify`` op's ``classes`` list; neural network: ``*ClassLabels``)."""
     if spec.WhichOneof("Type") == "mlProgram":
@@ -213,3 +208,159 @@ def _classifier_labels(spec):
     if nn.HasField("stringClassLabels"):
         return list(nn.stringClassLabels.vector)
     return list(nn.int64ClassLabels.vector)
+
+
+def import_coremltools():
+    """Imports coremltools safely after TensorFlow (returns the module).
+
+    coremltools imports torch, whose ``torch._dynamo`` imports triton; triton
+    segfaults when TensorFlow is already loaded in the process. Marking triton
+    as absent (``sys.modules["triton"] = None``) makes torch skip it; nothing
+    here uses triton.
+    """
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None
+    import logging
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+    return ct
+
+
+# ---------------------------------------------------------------------------
+# TFLite / LiteRT
+# ---------------------------------------------------------------------------
+def tflite_interpreter(path_or_bytes, num_threads=None, delegates=True):
+    """An allocated ``ai_edge_litert`` Interpreter of a ``.tflite`` path or
+    flatbuffer bytes; ``delegates=False`` applies no default delegate
+    (XNNPACK), so every builtin op stays visible in the graph."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kw = ({"model_content": bytes(path_or_bytes)}
+          if isinstance(path_or_bytes, (bytes, bytearray))
+          else {"model_path": os.fspath(path_or_bytes)})
+    if not delegates:
+        kw["experimental_op_resolver_type"] = \
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = Interpreter(**kw, num_threads=num_threads)
+    interp.allocate_tensors()
+    return interp
+
+
+def quantize_input(images, detail):
+    """``images`` (float32, RGB 0..255) as the input tensor ``detail``
+    (from ``get_input_details()``) takes them: unchanged for a float input,
+    ``round(x / scale + zero_point)`` clipped to the integer range for an
+    int8/uint8 input."""
+    dtype = np.dtype(detail["dtype"])
+    if not np.issubdtype(dtype, np.integer):
+        return np.asarray(images, dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(images, np.float32) / scale + zero),
+                   info.min, info.max).astype(dtype)
+
+
+def dequantize_output(values, detail):
+    """Output tensor values as float32: ``(q - zero_point) * scale`` for an
+    integer output tensor ``detail``, a float32 copy otherwise."""
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+        scale, zero = detail["quantization"]
+        return (values.astype(np.float32) - zero) * scale
+    return np.array(values, np.float32)
+
+
+def _invoke(interp, batch):
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], quantize_input(batch, inp))
+    interp.invoke()
+    out = interp.get_output_details()[0]
+    return dequantize_output(interp.get_tensor(out["index"]), out)
+
+
+def run_tflite(interpreter_or_model, images, num_threads=None):
+    """Runs a TFLite model on float32 NHWC images ``(N, H, W, 3)`` (RGB 0..255).
+
+    Args:
+        interpreter_or_model: an allocated Interpreter, a ``.tflite`` path or
+            flatbuffer bytes.
+        images: any ``N``; split and padded to the file's fixed batch size.
+        num_threads: LiteRT threads when a path/bytes is given.
+
+    Returns:
+        float32 ``(N, ...)`` outputs; int8/uint8 inputs are quantized and
+        outputs dequantized with the tensors' own scale and zero point.
+    """
+    interp = interpreter_or_model
+    if not hasattr(interp, "invoke"):
+        interp = tflite_interpreter(interp, num_threads)
+    images = np.asarray(images, np.float32)
+    batch = int(interp.get_input_details()[0]["shape"][0])
+    return in_batches(lambda x: _invoke(interp, x), images, batch)
+
+
+def tflite_io(path_or_bytes):
+    """``(inputs, outputs)`` of the ``serving_default`` signature: lists of
+    ``{"name", "dtype", "shape", "quantization": [scale, zero_point]}``."""
+    interp = tflite_interpreter(path_or_bytes, delegates=False)
+    sig = interp.get_signature_runner("serving_default")
+    return tuple([{"name": name, "dtype": np.dtype(v["dtype"]).name,
+                   "shape": [int(s) for s in v["shape"]],
+                   "quantization": [float(v["quantization"][0]), int(v["quantization"][1])]}
+                  for name, v in d.items()]
+                 for d in (sig.get_input_details(), sig.get_output_details()))
+
+
+def _ops_details(interp):
+    # The interpreter's only op census; no public equivalent in ai_edge_litert.
+    return interp._get_ops_details()  # noqa: SLF001
+
+
+def _count(ops):
+    counts = {}
+    for op in ops:
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts
+
+
+def tflite_ops(path_or_bytes):
+    """``{builtin op name: count}`` of a .tflite (no delegate applied)."""
+    return _count(_ops_details(tflite_interpreter(path_or_bytes, delegates=False)))
+
+
+def tflite_graph_report(path_or_bytes, num_threads=1):
+    """Op census, float ops and XNNPACK coverage of a TFLite model.
+
+    Returns:
+        dict: ``ops`` (``{op: count}``, no delegate), ``float_ops`` (sorted
+        names of ops other than QUANTIZE/DEQUANTIZE with a float32 output:
+        empty for a full-integer model), ``output_step`` (one quantization
+        step of the output: its scale, or the scale of the tensor a final
+        DEQUANTIZE reads; 0.0 for a float model), ``delegate_partitions``
+        (DELEGATE nodes after the default XNNPACK delegate), ``all_delegated``
+        (one partition reads the graph input and writes the graph output)
+        and ``undelegated_ops`` (``{}`` when one partition covers the graph,
+        else ``{"unknown": -1}``).
+    """
+    plain = tflite_interpreter(path_or_bytes, num_threads, delegates=False)
+    ops, tensors = _ops_details(plain), plain.get_tensor_details()
+    float_ops = {op["op_name"] for op in ops
+                 if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+                 and any(np.dtype(tensors[i]["dtype"]) == np.float32
+                         for i in op["outputs"] if i >= 0)}
+    out = plain.get_output_details()[0]
+    if np.issubdtype(np.dtype(out["dtype"]), np.integer):
+        step = float(out["quantization"][0])
+    else:
+        step = next((float(tensors[op["inputs"][0]]["quantization"][0]) for op in ops
+                     if op["op_name"] == "DEQUANTIZE" and out["index"] in op["outputs"]), 0.0)
+    # XNNPACK keeps the replaced nodes in the list and appends DELEGATE nodes
+    # that say which tensors they consume and produce.
+    xnn = tflite_interpreter(path_or_bytes, num_threads)
+    delegates = [d for d in _ops_details(xnn) if d["op_name"] == "DELEGATE"]
+    graph_in = {d["index"] for d in xnn.get_input_details()}
+    graph_out = {d["index"] for d in xnn.get_output_details()}
+    whole = any(graph_in <= set(map(int, d["inputs"])) and
+                graph_out <= set(map(int, d["outputs"])) for d in delegates)
+    return {"ops": _count(ops), "float_ops": sorted(float_ops), "output_step": step,
+            "delegate_partitions": len(delegates),
+            "undelegated_ops": {} if whole else {"unknown": -1},
+            "all_delegated": len(delegates) == 1 and whole}

@@ -152,3 +152,27 @@ def block_specs(variant, in_channels: int = 3) -> list:
 def se_channels(channels: int) -> int:
     """Squeeze-excite bottleneck width: ``int(C * 0.0625)`` (Apple's SEBlock)."""
     return int(channels * 0.0625)
+
+
+FEATURE_LEVELS = ("P1", "P2", "P3", "P4", "P5")
+"""Pyramid levels: P1 is the stem (stride 2), P2-P5 the ends of stages 1-4
+(strides 4, 8, 16, 32)."""
+
+
+def feature_info(variant) -> list:
+    """Channels, stride and last block of every pyramid level of a variant.
+
+    Matches timm's ``features_only=True`` feature info for ``mobileone_s*``
+    (``byobnet``: stem, then stages 1-4).
+
+    Returns:
+        A list of dicts, P1 first: ``{"level": "P1", "channels": int,
+        "stride": int, "block": "stem"}`` ... ``{"level": "P5", ...,
+        "stride": 32, "block": "stage4_1"}``; ``block`` names the layer whose
+        output is the level's feature map (the last block of the stage).
+    """
+    specs = block_specs(variant)
+    ends = [specs[0]] + [[s for s in specs if s.name.startswith(f"stage{i}_")][-1]
+                         for i in range(1, 5)]
+    return [{"level": level, "channels": spec.filters, "stride": 2 ** (i + 1),
+             "block": spec.name} for i, (level, spec) in enumerate(zip(FEATURE_LEVELS, ends))]

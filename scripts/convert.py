@@ -1,22 +1,23 @@
 """Export a MobileOne to TFLite/LiteRT, Core ML, ONNX or a SavedModel, verified
-against the fused Keras model (thin shell over :mod:`mobileone_tf.export`).
+against the fused Keras model (thin shell over
+:func:`mobileone_tf.export.export_variant`).
 
   python scripts/convert.py --variant s0 --weights imagenet --format tflite \
       --output mobileone_s0.tflite
 
-Exit code 0 on success; 1 with a one-line error (and nothing written) for bad
-input or a failed float32 verification.
+Exit code 0 on success; 1 with one ``error:`` line (and nothing written) for
+bad input -- an existing output, a missing or undecodable calibration image,
+unreadable weights -- or a failed float32 verification.
 """
 
-import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from mobileone_tf import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("variant", "s0", "MobileOne variant s0..s4.")
-flags.DEFINE_string("weights", "imagenet",
-                    "'imagenet', 'none' (random), or a .weights.h5 / PyTorch checkpoint path.")
+cli.define_model_flags(variant="s0", weights="imagenet")
 flags.DEFINE_enum("format", None, ["tflite", "coreml", "onnx", "saved_model"],
                   "Output format.")
 flags.DEFINE_string("output", None, "Output path (.tflite, .mlpackage, .onnx, or a folder).")
@@ -42,62 +43,33 @@ flags.DEFINE_integer("classes", 1000, "Classes of the top (1000 for ImageNet wei
 flags.DEFINE_bool("include_top", True, "Export with the classifier.")
 flags.DEFINE_enum("classifier_activation", "softmax", ["softmax", "none"],
                   "Top activation: softmax probabilities or logits.")
-
-
-def fail(message):
-    print(f"convert.py: error: {message}", file=sys.stderr)
-    sys.exit(1)
+flags.mark_flags_as_required(["format", "output"])
 
 
 def main(argv):
     del argv
     from mobileone_tf import export
-    fmt = FLAGS.format
-    if fmt is None or FLAGS.output is None:
-        fail("--format and --output are required")
-    if FLAGS.quantize not in export.QUANTIZE_MODES[fmt]:
-        fail(f"--quantize={FLAGS.quantize} is not valid for --format={fmt}; expected one of "
-             f"{', '.join(export.QUANTIZE_MODES[fmt])}")
-    if fmt == "tflite" and FLAGS.quantize == "int8":
-        if not FLAGS.calibration_data:
-            fail("--quantize=int8 needs --calibration_data DIR (representative images, "
-                 "never the evaluation set)")
-        if not os.path.isdir(FLAGS.calibration_data):
-            fail(f"--calibration_data {FLAGS.calibration_data!r} is not a folder")
-    if os.path.lexists(FLAGS.output) and not FLAGS.overwrite:
-        fail(f"{FLAGS.output} exists; pass --overwrite to replace it")
-    weights = None if FLAGS.weights.lower() in ("none", "random", "") else FLAGS.weights
-    if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        fail(f"--weights {weights!r}: no such file")
-
-    import mobileone_tf as mo
-    try:
-        model = mo.MobileOne(
-            FLAGS.variant, weights=weights, input_shape=(None, None, 3),
-            include_top=FLAGS.include_top, classes=FLAGS.classes,
-            classifier_activation=(None if FLAGS.classifier_activation == "none"
-                                   else "softmax"),
-            include_preprocessing=FLAGS.include_preprocessing)
-    except Exception as e:  # unreadable/mismatched weights, bad variant
-        fail(f"cannot build MobileOne-{FLAGS.variant} with --weights {FLAGS.weights}: "
-             f"{type(e).__name__}: {e}")
-    kwargs = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size,
-                  fuse=FLAGS.fuse, overwrite=FLAGS.overwrite, verify=FLAGS.verify,
+    kwargs = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size, fuse=FLAGS.fuse,
+                  overwrite=FLAGS.overwrite, verify=FLAGS.verify,
                   verify_data=FLAGS.verify_data, report_path=FLAGS.report,
                   quantize=FLAGS.quantize)
-    if fmt == "tflite":
+    if FLAGS.format == "tflite":
         kwargs.update(calibration_data=FLAGS.calibration_data,
-                      calibration_steps=FLAGS.calibration_steps,
-                      equalize=FLAGS.equalize,
+                      calibration_steps=FLAGS.calibration_steps, equalize=FLAGS.equalize,
                       int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io)
-    elif fmt == "onnx":
+    elif FLAGS.format == "onnx":
         kwargs["opset"] = FLAGS.opset
     try:
-        _, report = export.export(model, FLAGS.output, fmt, **kwargs)
-    except (export.ExportError, export.ExportVerificationError) as e:
-        fail(str(e))
+        _, report = export.export_variant(
+            FLAGS.variant, FLAGS.output, FLAGS.format, weights=cli.weights_arg(FLAGS.weights),
+            include_top=FLAGS.include_top, classes=FLAGS.classes,
+            classifier_activation=None if FLAGS.classifier_activation == "none" else "softmax",
+            include_preprocessing=FLAGS.include_preprocessing, **kwargs)
+    except export.ExportVerificationError as e:  # a failed check, not a bug: one line
+        print(f"error: {cli.error_message(e)}", file=sys.stderr)
+        return 1
     print(export.format_report(report))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

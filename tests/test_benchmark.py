@@ -1,6 +1,8 @@
-"""Benchmark library: MAC counter vs hand counts, rank correlation, report
-formats, device-log import, and a tiny end-to-end script run. No timing
-assertions (timings depend on the machine's load)."""
+"""Benchmark library: MAC counter vs hand counts and published figures, rank
+correlation vs textbook values, report formats, device-log import, the
+interleaved timing rounds (fake clock), the timm worker module, and a tiny
+end-to-end script run. No timing assertions (timings depend on the machine's
+load)."""
 
 import json
 import os
@@ -13,8 +15,16 @@ import pytest
 import keras
 
 from mobileone_tf import benchmark as bm
+from mobileone_tf.benchmark import report, stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = [sys.executable, str(ROOT / "scripts" / "benchmark.py")]
+
+
+def _script(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(SCRIPT + list(args), capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
 
 
 def test_mac_counter_small_graph_hand_counted():
@@ -47,15 +57,19 @@ def test_mac_counter_needs_static_shapes():
         bm.count_macs(keras.Model(inp, keras.layers.Conv2D(4, 3)(inp)))
 
 
-def test_spearman_matches_definition():
-    assert bm.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert bm.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    # ties: average ranks; classic textbook value
-    np.testing.assert_allclose(bm.rankdata([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+def test_spearman_matches_textbook_values():
+    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get their average rank: ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4) -> 3 / sqrt(10)
+    assert report.spearman([10, 20, 20, 30], [1, 2, 3, 4]) == pytest.approx(3 / np.sqrt(10))
+    # no ties: 1 - 6 sum(d^2) / (n (n^2 - 1))
     x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
-    assert bm.spearman(x, y) == pytest.approx(1 - 6 * 4 / (5 * 24))
-    with pytest.raises(ValueError):
-        bm.spearman([1, 2], [1, 2])
+    assert report.spearman(x, y) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert np.isnan(report.spearman([1, 2, 3], [5, 5, 5]))
+    # correlations() needs >= 3 models per runtime@threads
+    rows = [{"model": f"m{i}", "form": "fused", "runtime": "onnx", "threads": 1,
+             "median_ms": float(i), "macs": 1e6 * i, "params": 10 - i} for i in (1, 2)]
+    assert report.correlations(rows) == {}
 
 
 ANDROID_LOG = """\
@@ -83,6 +97,11 @@ def test_import_benchmark_model_log(tmp_path):
     (tmp_path / "empty.txt").write_text("nothing here")
     with pytest.raises(ValueError, match="No benchmark results"):
         bm.import_device_results(tmp_path / "empty.txt")
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(ValueError, match="binary.bin is not a text file"):
+        bm.import_device_results(tmp_path / "binary.bin")
+    with pytest.raises(FileNotFoundError):
+        bm.import_device_results(tmp_path / "missing.txt")
 
 
 def test_import_coreml_report(tmp_path):
@@ -92,6 +111,9 @@ def test_import_coreml_report(tmp_path):
          "median_ms": 0.95}]}))
     (row,) = bm.import_device_results(p)["rows"]
     assert row["runtime"] == "coreml-float16-all" and row["top1"] == 71.4
+    p.write_text(json.dumps({"results": [{"model": "mobileone_s0.mlpackage"}]}))
+    with pytest.raises(ValueError, match="entry 0 needs 'model' and a numeric 'median_ms'"):
+        bm.import_device_results(p)
 
 
 def test_report_formats(tmp_path):
@@ -105,7 +127,7 @@ def test_report_formats(tmp_path):
     rows.append(dict(rows[0], form="branched", median_ms=8.0, macs=1050e6))
     res = {"machine": bm.machine_info(), "gemm": {2: {"gflops": 100.0}}, "rows": rows,
            "graphs": {}, "errors": []}
-    bm._finish_rows(res["rows"], res["gemm"])
+    bm.finish_rows(res["rows"], res["gemm"])
     assert rows[0]["gflops"] == pytest.approx(2 * 275e6 / 2e-3 / 1e9)
     assert rows[0]["peak_ratio"] == pytest.approx(rows[0]["gflops"] / 100)
     res["correlation"] = bm.correlations(rows)
@@ -113,8 +135,8 @@ def test_report_formats(tmp_path):
     res["findings"] = bm.findings(res)
     assert res["findings"]["fused_speedup"][0]["speedup"] == pytest.approx(4.0)
     md = bm.to_markdown(res)
-    assert "| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 3.0 | 2.00 | 275.0 | 1.00 |" \
-        in md
+    assert ("| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 3.0 | 2.00 | 275.0 | "
+            "1.00 |") in md
     # summary: one row per model/form, medians per runtime, MobileOne first
     assert "| mobileone_s0 | branched | 2.00 | 1050.0 | 70.0 | 8.00 |" in md
     assert md.index("| mobileone_s1 | fused | 4.80") < md.index("| mobilenet_v2 | fused | 3.50")
@@ -124,6 +146,26 @@ def test_report_formats(tmp_path):
     assert {"machine", "gemm", "rows"} <= set(back) and back["rows"][0]["macs"] == 275e6
     bm.plot(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+    with pytest.raises(FileExistsError):
+        bm.plot(res, tmp_path / "p.png", overwrite=False)
+    with pytest.raises(ValueError, match="No onnx rows"):
+        bm.plot(res, tmp_path / "q.png", runtime="onnx")
+
+
+def test_graph_checks_of_a_fused_s0_graph():
+    """The expected op counts come from the variant table: S0 has 5 stride-2
+    blocks (one PAD each), 22 blocks + 2 (stem/head convs are blocks too), no SE."""
+    graph = {"ops": {"PAD": 5, "CONV_2D": 12, "DEPTHWISE_CONV_2D": 10, "ADD": 1, "MUL": 1},
+             "delegate_partitions": 1, "undelegated_ops": {}, "all_delegated": True}
+    res = {"rows": [], "graphs": {"mobileone_s0_fused_float32": graph,
+                                  "mobilenet_v2_float32": graph}}
+    (key, chk), = bm.findings(res)["graph_checks"].items()
+    assert key == "mobileone_s0_fused_float32"
+    assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
+    assert chk["add_ops"] == chk["expected_add_ops"] == 1
+    assert chk["mul_ops"] == chk["expected_mul_ops"] == 1
+    assert "| mobileone_s0_fused_float32 | 5 (5) |" in bm.to_markdown(
+        {"rows": [], "findings": bm.findings(res)})
 
 
 def test_interleaved_timings_rounds_and_noise(monkeypatch):
@@ -131,7 +173,7 @@ def test_interleaved_timings_rounds_and_noise(monkeypatch):
     exactly, and report the spread of the round medians."""
     calls = []
     clock = iter(float(t) for t in range(10000))
-    monkeypatch.setattr(bm.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(stats.time, "perf_counter", lambda: next(clock))
     # fake clock: every call takes 1 "second" except b in round 2 (3 seconds)
     state = {"round": 0}
 
@@ -149,12 +191,12 @@ def test_interleaved_timings_rounds_and_noise(monkeypatch):
         if sum(c == "b" for c in calls) == 3 + 1:   # 1 warm-up + round 0 (3 runs)
             state["round"] = 1
 
-    stats = bm.interleaved_timings([a, b_counting], runs=7, warmup=1, rounds=2)
+    timings = bm.interleaved_timings([a, b_counting], runs=7, warmup=1, rounds=2)
     assert calls == ["a", "b"] + ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
-    assert [s["runs"] for s in stats] == [7, 7]
-    assert stats[0]["round_medians_ms"] == [1000.0, 1000.0] and stats[0]["noise_pct"] == 0
-    assert stats[1]["round_medians_ms"] == [1000.0, 3000.0]
-    assert stats[1]["noise_pct"] == pytest.approx(100 * 2000 / stats[1]["median_ms"])
+    assert [s["runs"] for s in timings] == [7, 7]
+    assert timings[0]["round_medians_ms"] == [1000.0, 1000.0] and timings[0]["noise_pct"] == 0
+    assert timings[1]["round_medians_ms"] == [1000.0, 3000.0]
+    assert timings[1]["noise_pct"] == pytest.approx(100 * 2000 / timings[1]["median_ms"])
     with pytest.raises(ValueError, match="rounds"):
         bm.interleaved_timings([a], runs=5, warmup=0, rounds=0)
 
@@ -163,8 +205,6 @@ def test_fused_benchmark_model_has_normal_range_activations():
     """The fused MobileOne the benchmark times is fuse(branched): its deepest
     features stay far from float32 denormals (a randomly initialised fused
     model reaches ~1e-35 at stage 4, which slows x86 kernels ~50x)."""
-    import keras
-    import numpy as np
     from mobileone_tf import models
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
 
@@ -179,22 +219,56 @@ def test_fused_benchmark_model_has_normal_range_activations():
     assert deepest(plain) < 1e-20  # the failure mode this guards against
 
 
-def test_config_errors():
-    with pytest.raises(ValueError, match="Unknown runtimes"):
-        bm.run({"runtimes": ["tvm"]})
-    with pytest.raises(ValueError, match="Unknown benchmark config"):
-        bm.run({"nope": 1})
+@pytest.mark.parametrize("config, message", [
+    ({"runtimes": ["tvm"]}, "Unknown runtimes"),
+    ({"nope": 1}, "Unknown benchmark config"),
+    ({"variants": ["s9"]}, r"Unknown variants \['s9'\]"),
+    ({"models": ["resnet50"]}, r"Unknown models \['resnet50'\]"),
+    ({"baselines": ["vgg16"]}, r"Unknown baselines"),
+    ({"threads": ["two"]}, "threads must be positive integers"),
+    ({"threads": [0]}, "threads must be positive integers"),
+    ({"mode": "infer"}, "mode must be"),
+    ({"image_size": 16}, "image_size must be at least 32"),
+])
+def test_config_errors(config, message):
+    with pytest.raises(ValueError, match=message):
+        bm.run(config)
+
+
+def test_light_modules_import_no_tensorflow():
+    for module in ("mobileone_tf.benchmark.stats", "mobileone_tf.benchmark.torch_worker",
+                   "mobileone_tf.benchmark"):
+        code = f"import {module}, sys; assert 'tensorflow' not in sys.modules, '{module}'"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_script_user_errors_are_one_line(tmp_path):
+    log = tmp_path / "pixel.txt"
+    log.write_text(ANDROID_LOG)
+    (tmp_path / "pixel.md").write_text("earlier result")
+    proc = _script("--import_device_results", str(log), "--markdown", str(tmp_path / "pixel.md"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {tmp_path / 'pixel.md'} exists; pass --overwrite " \
+        "to replace it"
+    assert (tmp_path / "pixel.md").read_text() == "earlier result"
+    proc = _script("--import_device_results", str(log), "--markdown",
+                   str(tmp_path / "pixel.md"), "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| mobileone_s0 | fused | tflite-float32-xnnpack | 4 |" in \
+        (tmp_path / "pixel.md").read_text()
+    proc = _script("--threads", "x")
+    assert proc.returncode == 1 and proc.stderr.strip() == \
+        "error: threads must be positive integers, got ['x']"
 
 
 def test_script_end_to_end_tiny(tmp_path):
     out = tmp_path / "r.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"),
-           "--models", "mobileone_s0", "--forms", "fused", "--runtimes", "tflite",
-           "--quantizations", "float32", "--threads", "1", "--runs", "3", "--warmup", "1",
-           "--image_size", "64", "--json", str(out), "--markdown", str(tmp_path / "r.md"),
-           "--workdir", str(tmp_path / "wd")]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = _script("--models", "mobileone_s0", "--forms", "fused", "--runtimes", "tflite",
+                   "--quantizations", "float32", "--threads", "1", "--runs", "3", "--warmup",
+                   "1", "--image_size", "64", "--json", str(out), "--markdown",
+                   str(tmp_path / "r.md"), "--workdir", str(tmp_path / "wd"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert not res["errors"], res["errors"]
@@ -209,12 +283,13 @@ def test_script_end_to_end_tiny(tmp_path):
 
 
 def test_torch_latency_reports_rounds_and_noise():
-    """timm's re-parameterized MobileOne (subprocess) is timed in the same
+    """timm's re-parameterized MobileOne, timed by the real
+    ``python -m mobileone_tf.benchmark.torch_worker`` process in the same
     interleaved rounds as the TF runtimes, so its rows carry a noise figure."""
     if not bm.torch_available():
         pytest.skip("torch/timm not installed")
     out = bm.run_torch({"mode": "latency", "variants": ["s0", "s1"], "threads": 1,
-                           "runs": 4, "warmup": 1, "rounds": 2, "size": 64, "batch": 1})
+                        "runs": 4, "warmup": 1, "rounds": 2, "size": 64, "batch": 1})
     rows = out["rows"]
     assert [r["model"] for r in rows] == ["mobileone_s0", "mobileone_s1"]
     for r in rows:

@@ -18,8 +18,9 @@ STANDARD_FUSED_LAYERS = {
 }
 
 
-def _images(n=2, size=224, seed=1):
-    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+def _images(n=2, size=224, width=None, seed=1):
+    shape = (n, size, width or size, 3)
+    return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -116,8 +117,11 @@ def test_block_fuse_against_branches(depthwise, kernel_size, strides, branches, 
     assert y.shape == (2, -(-15 // strides), -(-15 // strides), cout)
     assert (block.identity is not None) == (cin == cout and strides == 1)
     assert (block.conv_scale is not None) == (kernel_size > 1)
-    kernel, bias = block.fuse()
+    kernel, bias = block.fused_kernel_bias()
     assert kernel.dtype == np.float64
+    deploy = block.fuse()  # the deploy-time layer: standard layers only
+    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in deploy.layers)
+    assert rel_max_diff(y, deploy.predict(x, verbose=0)) <= 1e-5
     spec = variants.BlockSpec("b", cin, cout, kernel_size, strides, depthwise, use_se, branches)
     inp = keras.Input((15, 15, cin))
     fused = keras.Model(inp, mo_layers.fused_block(inp, spec))
@@ -177,13 +181,57 @@ def test_assign_state_mismatch_changes_nothing():
         models.assign_state(b, state)
 
 
-def test_keras_saving_round_trip(test_tmp):
-    model = randomize_batchnorm(mo.MobileOne("s0", weights=None, input_shape=(64, 64, 3)), seed=9)
-    path = test_tmp / "s0.keras"
+@pytest.mark.parametrize("fused", [False, True])
+def test_keras_saving_round_trip(test_tmp, fused):
+    model = randomize_batchnorm(mo.MobileOne("s0", weights=None, input_shape=(64, 64, 3),
+                                             include_top=False, pooling="avg"), seed=9)
+    if fused:
+        model = mo.fuse(model)
+    path = test_tmp / f"s0_{fused}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     x = _images(1, 64)
     assert np.array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    info = mo.model_info(loaded)
+    assert (info["variant"], info["fused"], info["include_top"], info["pooling"]) == \
+        ("s0", fused, False, "avg")
+    assert info["input_shape"] == [64, 64, 3]
+
+
+def test_fuse_nested_backbone_and_sequential():
+    """A MobileOne nested in a larger model (a backbone inside a task model)
+    and blocks inside a Sequential model are fused too; outputs unchanged."""
+    backbone = randomize_batchnorm(mo.MobileOne("s1", weights=None, include_top=False,
+                                                input_shape=(64, 96, 3)), seed=4)
+    inp = keras.Input((64, 96, 3))
+    feat = backbone(inp)
+    out = keras.layers.Conv2D(5, 1, name="seg_head")(feat)
+    outer = keras.Model(inp, keras.layers.UpSampling2D(32, name="up")(out), name="segmenter")
+    fused = mo.fuse(outer)
+    assert fused.name == "segmenter"
+    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in models.all_layers(fused))
+    info = mo.model_info(fused)
+    assert info["nested"] and info["fused"] and info["variant"] == "s1"
+    assert mo.model_info(outer)["fused"] is False  # the input model is untouched
+    x = _images(2, 64, 96)
+    assert rel_max_diff(outer.predict(x, verbose=0), fused.predict(x, verbose=0)) <= 1e-5
+
+    seq = keras.Sequential([keras.Input((16, 16, 8)), mo.MobileOneBlock(8, 3, 1, True, 2),
+                            mo.MobileOneBlock(16, 1, 1, False, 2), keras.layers.Flatten()])
+    randomize_batchnorm(seq, seed=5)
+    fused_seq = mo.fuse(seq)
+    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in models.all_layers(fused_seq))
+    z = np.random.default_rng(1).normal(size=(3, 16, 16, 8)).astype("float32")
+    assert rel_max_diff(seq.predict(z, verbose=0), fused_seq.predict(z, verbose=0)) <= 1e-5
+
+
+def test_model_info_errors():
+    inp = keras.Input((32, 32, 3))
+    plain = keras.Model(inp, keras.layers.Conv2D(4, 3)(inp))
+    with pytest.raises(ValueError, match="no recorded MobileOne configuration"):
+        mo.model_info(plain)
+    with pytest.raises(ValueError, match="functional keras.Model"):
+        mo.fuse("not a model")
 
 
 def test_preprocessing_inside_matches_torch_mode():

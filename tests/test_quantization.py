@@ -1,6 +1,7 @@
 """Int8 QAT (TFMOT) and PTQ of the fused MobileOne: tiny runs on generated images."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 
 import keras
 import mobileone_tf as mo
-from mobileone_tf import models
 from mobileone_tf import quantization as q
+from mobileone_tf import runtime
+from tests.conftest import ROOT
 
 SIZE = 64
 
@@ -49,11 +51,10 @@ def tiny_qat(tmp_path_factory):
     folder = _write_images(tmp / "train" / "a", 16)
     model = _fused("s0")
     verify = np.random.default_rng(1).uniform(0, 255, (16, SIZE, SIZE, 3)).astype("float32")
-    train = q.image_folder_dataset(tmp / "train", image_size=SIZE, batch_size=4)
     qat_model, path, report = q.quantization_aware_training(
-        model, train, tmp / "s0_int8.tflite", epochs=2, steps_per_epoch=2,
-        learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify, mix="cutmix",
-        verbose=0)
+        model, tmp / "train", tmp / "s0_int8.tflite", batch_size=4, epochs=2,
+        steps_per_epoch=2, learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify,
+        mix="cutmix", verbose=0)
     return dict(tmp=tmp, model=model, qat=qat_model, path=path, report=report,
                 verify=verify, folder=folder)
 
@@ -72,6 +73,7 @@ def test_tiny_qat_all_int8_and_matches_keras(tiny_qat):
     assert r["max_abs_diff"] <= 12 * r["output_scale"], r
     assert r["top1_agreement"] >= 15 / 16, r
     assert len(r["history"]["kd_loss"]) == 2
+    assert r["skipped_images"] == [] and r["skipped"] == ""     # folder: nothing skipped
     assert sorted(os.listdir(tiny_qat["tmp"] / "ckpt"))  # checkpoints written
 
 
@@ -91,7 +93,7 @@ def test_resume_from_checkpoint(tiny_qat):
     student, _ = q.to_tf_keras(tiny_qat["model"])
     teacher, _ = q.to_tf_keras(tiny_qat["model"])
     qm = q.quantize(student)
-    train = q.image_folder_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
+    train = q.qat_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
     assert q.fine_tune(qm, teacher, train, epochs=2, steps_per_epoch=2,
                        checkpoint_dir=tiny_qat["tmp"] / "ckpt", verbose=0) is None
     x = tiny_qat["verify"][:4]
@@ -99,7 +101,7 @@ def test_resume_from_checkpoint(tiny_qat):
 
 
 def test_mix_options_checked(tiny_qat):
-    train = q.image_folder_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
+    train = q.qat_dataset(tiny_qat["folder"], image_size=SIZE, batch_size=4)
     for kw, msg in [(dict(mix="mixup", label_weight=1.0), "label_weight == 0"),
                     (dict(mix="blend"), "mix must be one of"),
                     (dict(mix="cutmix", mix_alpha=0.0), "mix_alpha must be > 0")]:
@@ -132,11 +134,16 @@ def test_s4_squeeze_excite_quantizes(tmp_path):
 
 
 def test_ptq(tmp_path):
+    """Post-training int8 (``export.to_tflite(quantize="int8")``): full-integer,
+    and the int8 logits track the float ones."""
+    from mobileone_tf import export
     model = _fused("s0")
     x = np.random.default_rng(3).uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
-    path, r = q.ptq_tflite(model, tmp_path / "ptq.tflite", [x], steps=8)
-    assert r["float_ops"] == []
-    out = q.run_tflite(path, x)
+    path, _ = export.to_tflite(model, tmp_path / "ptq.tflite", quantize="int8",
+                               calibration_data=x, calibration_steps=8, input_size=SIZE,
+                               class_names=[str(i) for i in range(10)], verify=False)
+    assert runtime.tflite_graph_report(path)["float_ops"] == []
+    out = runtime.run_tflite(path, x)
     assert out.shape == (8, 10)
     # int8 logits track the float ones (relative to their range)
     ref = model(x).numpy()
@@ -167,16 +174,30 @@ def test_mix_images_blends_within_the_batch():
 def test_empty_and_unreadable_folder(tmp_path):
     out = tmp_path / "o.tflite"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="No images"):
+    with pytest.raises(ValueError, match="(?i)no images"):
         q.quantization_aware_training(_fused("s0"), tmp_path / "empty", out)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         q.quantization_aware_training(_fused("s0"), tmp_path / "missing", out)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="Unreadable"):
+    with pytest.raises(ValueError, match=r"no decodable image.*x\.jpg"):
         q.quantization_aware_training(_fused("s0"), bad, out)
     assert not out.exists()
+
+
+def test_undecodable_images_skipped_and_named(tmp_path):
+    """One bad file among good ones: left out of the batches and listed."""
+    folder = _write_images(tmp_path / "mixed", 5)
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    ds, skipped = q.qat_dataset(folder, image_size=SIZE, batch_size=2, augment=False,
+                                with_skipped=True)
+    assert skipped == [str(folder / "broken.png")]
+    assert int(ds.cardinality()) == 2                     # 5 good images // 2
+    batches = [b.numpy() for b in ds]
+    assert len(batches) == 2 and all(b.shape == (2, SIZE, SIZE, 3) for b in batches)
+    with pytest.raises(ValueError, match="fewer than batch_size 8"):
+        q.qat_dataset(folder, image_size=SIZE, batch_size=8)
 
 
 def test_branched_and_foreign_models(tmp_path):
@@ -254,3 +275,45 @@ def test_calibrate_ranges_sets_data_ranges():
     assert ranges and not any(abs(abs(v) - 6.0) < 1e-6 for v in ranges)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         q.calibrate_ranges(qm, [x], steps=0)
+
+
+# --- scripts/qat.py: user errors are one `error:` line, nothing written -------
+def _qat_cli(*args):
+    return subprocess.run([sys.executable, "scripts/qat.py", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_error_line(proc, *needles):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_cli_user_errors(tmp_path):
+    out = tmp_path / "o.tflite"
+    out.write_bytes(b"earlier result")
+    _one_error_line(_qat_cli("--train_data", tmp_path, "--output", out), str(out), "exists")
+    assert out.read_bytes() == b"earlier result"
+    out.unlink()
+    (tmp_path / "empty").mkdir()
+    _one_error_line(_qat_cli("--train_data", tmp_path / "empty", "--output", out),
+                    str(tmp_path / "empty"))
+    _one_error_line(_qat_cli("--train_data", tmp_path / "missing", "--output", out),
+                    str(tmp_path / "missing"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"not an image")
+    _one_error_line(_qat_cli("--train_data", bad, "--output", out), str(bad / "x.jpg"))
+    assert not out.exists()
+
+
+def test_cli_variant_weights_mismatch(tmp_path, shared_data):
+    out = tmp_path / "o.tflite"
+    folder = _write_images(tmp_path / "train", 4)
+    _one_error_line(_qat_cli("--variant", "s1", "--weights", shared_data / "mobileone_s0.pth.tar",
+                             "--train_data", folder, "--batch_size", 2, "--image_size", SIZE,
+                             "--output", out), "holds MobileOne-S0")
+    assert not out.exists()

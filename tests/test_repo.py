@@ -22,3 +22,158 @@ def test_layout():
     for path in ("mobileone_tf", "scripts", "checkpoints", "tests", "setup.cfg", "README.md",
                  "pyproject.toml", ".ci/run", ".gitignore"):
         assert (ROOT / path).exists(), path
+
+
+# --- structure (issue 11): the rules of docs/DESIGN.md, checked ---------------
+import ast  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+PACKAGE = ROOT / "mobileone_tf"
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+
+
+def _modules():
+    """{dotted module name: path} of every module of the package."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path, module, top_level_only):
+    """Package modules imported by ``path`` (``from x import y`` counts as
+    ``x.y`` when that is a module); function-level imports only when
+    ``top_level_only`` is False."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    mods = _modules()
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                pkg = module.split(".")
+                pkg = pkg[: len(pkg) - node.level + (1 if path.name == "__init__.py" else 0)]
+                base = ".".join(pkg + [node.module])
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                     for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in mods and n != module)
+    return found
+
+
+def _cycle(graph):
+    state = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, stack + [nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_between_modules():
+    mods = _modules()
+    graph = {m: {i for i in _imports(p, m, top_level_only=True) if not m.startswith(i + ".")}
+             for m, p in mods.items()}
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_no_import_cycle_between_subpackages():
+    """Counting imports inside functions too, subpackages depend one way."""
+    def unit(name):
+        parts = name.split(".")
+        return ".".join(parts[:2])
+    graph = {}
+    for m, p in _modules().items():
+        for i in _imports(p, m, top_level_only=False):
+            if unit(i) != unit(m):
+                graph.setdefault(unit(m), set()).add(unit(i))
+    assert _cycle(graph) is None, f"subpackage cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_module_sizes():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines: {long}"
+    scripts = {p.name: n for p in SCRIPTS if (n := len(p.read_text().splitlines())) > 85}
+    assert not scripts, f"scripts are thin shells (<= ~80 lines): {scripts}"
+
+
+def test_no_private_internals():
+    """Public Keras API only; no private names of other modules; the TFLite
+    op census (`_get_ops_details`) lives in runtime.py alone."""
+    banned = ("_run_through_graph", "_keras_history", "_inbound_nodes", "keras.src",
+              "tf_keras.src")
+    for path in list(PACKAGE.rglob("*.py")) + SCRIPTS:
+        text = path.read_text()
+        for word in banned:
+            assert word not in text, f"{path.relative_to(ROOT)} uses {word}"
+        if path.name != "runtime.py":
+            assert "_get_ops_details" not in text, f"{path.relative_to(ROOT)}: op census"
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mobileone_tf"):
+                private = [a.name for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.relative_to(ROOT)} imports {private}"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") and isinstance(node.value, ast.Name) \
+                    and node.value.id in {"mo", "mobileone_tf", "models", "layers", "weights",
+                                          "data", "export", "runtime", "quantization",
+                                          "training", "benchmark", "variants", "fileio", "cli",
+                                          "mo_layers", "mo_models", "mo_weights", "mo_data",
+                                          "mo_export"}:
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses "
+                                     f"{node.value.id}.{node.attr}")
+
+
+def test_tests_do_not_import_scripts():
+    for path in (ROOT / "tests").glob("*.py"):
+        if path.name == "test_repo.py":
+            continue
+        text = path.read_text()
+        assert 'ROOT / "scripts")' not in text and "spec_from_file_location" not in text, path
+
+
+def test_import_is_light():
+    code = ("import sys, mobileone_tf, mobileone_tf.fileio, mobileone_tf.cli, "
+            "mobileone_tf.variants; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
+def test_script_help_imports_no_tensorflow(script):
+    """``--help`` answers without importing TensorFlow (the slow part of a
+    start-up), so it stays fast."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", f"scripts/{script}", "--help"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "USAGE" in proc.stdout or "flags" in proc.stdout.lower()
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tensorflow" not in imported and "keras" not in imported, script

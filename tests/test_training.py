@@ -1,10 +1,17 @@
 """Training: schedules vs hand-computed values, coupled L2 vs PyTorch's
 formula, a short from-scratch run (loss falls), resume after a crash, fuse of
-the trained model, fine-tune initialisation, bad-input errors."""
+the trained model, fine-tune initialisation, bad-input errors, flags generated
+from TrainConfig, output folders (finished runs untouched, --overwrite,
+--resume), unreadable images."""
 
+import csv
 import json
 import math
 import os
+import pathlib
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -127,7 +134,6 @@ def test_from_scratch_loss_falls_fuses_and_writes_outputs(tmp_path):
     # after 12 momentum-SGD steps was noise on some CPUs (seen: 1.99 -> 1.68);
     # with 12, seeds 0-2 end at 0.48-0.68 of the first epoch's loss
     s = training.train(cfg, _train_fn(n=192), _val(), 3, str(out), steps_per_epoch=12)
-    import csv
     rows = list(csv.DictReader(open(out / "log.csv")))
     losses = [float(r["loss"]) for r in rows]
     assert len(rows) == 4
@@ -163,6 +169,16 @@ def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
                        extra_callbacks=[training.FailAt(epoch=2, batch=1)])
     meta = json.load(open(os.path.join(out, "backup", "training_metadata.json")))
     assert meta["epoch"] == 2       # epochs 0 and 1 completed
+    # an unfinished run is continued only on request
+    with pytest.raises(FileExistsError, match="unfinished run .*--resume"):
+        training.train(cfg, _train_fn(), _val(), 3, out, steps_per_epoch=3)
+    # a crash after the log row of epoch 2 but before its backup: the resumed
+    # run re-runs epoch 2 and must not log it twice
+    with open(os.path.join(out, "log.csv")) as f:
+        rows = f.read().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    with open(os.path.join(out, "log.csv"), "a") as f:
+        f.write("2" + rows[-1][1:] + "\r\n")
     started = []
 
     class Record(keras.callbacks.Callback):
@@ -170,10 +186,39 @@ def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
             started.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
     s = training.train(cfg, _train_fn(), _val(), 3, out, steps_per_epoch=3,
-                       extra_callbacks=[Record()])
+                       extra_callbacks=[Record()], resume=True)
     # resumed at epoch 2 with the optimizer step counter restored (2 epochs x 3 steps)
     assert started == [(2, 6)]
     assert s["epochs"] == 3 or s["epochs"] >= 3
+    rows = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["epochs"] == 3 and summary["resumed_at_epoch"] == 2
+
+
+def test_resume_after_the_last_epoch_restores_the_backup(tmp_path):
+    """A crash after the last epoch but before the run's final files: the
+    resumed run trains nothing and finishes from the backup (weights and EMA),
+    not from a freshly initialised model."""
+    cfg = _tiny_config(fused=True, run_eagerly=True, ema_decay=0.9, epochs=2,
+                       image_sizes=(32,), resize_epochs=(0,), resize_reference_epochs=2)
+    out = tmp_path / "run"
+
+    class CrashAtEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise RuntimeError("crash before finish")
+
+    with pytest.raises(RuntimeError, match="crash before finish"):
+        training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3,
+                       extra_callbacks=[CrashAtEnd()])
+    assert not (out / "summary.json").exists()
+    s = training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3, resume=True)
+    assert s["resumed_at_epoch"] == 2 and s["epochs"] == 2
+    # last.weights.h5: the EMA weights at the end of epoch 2, saved by Keras
+    ref = training.build_model(cfg, 3)
+    ref.load_weights(out / "last.weights.h5")
+    x, _ = _arrays(4, 32, seed=7)
+    np.testing.assert_allclose(_call(s["fused_model"], x), _call(ref, x), atol=1e-6)
 
 
 def test_finetune_init_equals_source_model(tmp_path):
@@ -292,7 +337,7 @@ def test_run_on_tfrecord_shards_under_mirrored_strategy(tmp_path):
     out = tmp_path / "run"
     s = training.run(cfg, str(tmp_path / "train-*"), str(tmp_path / "val-*"), str(out),
                      label_offset=-1)
-    rows = list(__import__("csv").DictReader(open(out / "log.csv")))
+    rows = list(csv.DictReader(open(out / "log.csv")))
     assert len(rows) == 1 and s["epochs"] == 1
     x_val, _ = _arrays(16, 40, seed=9)
     from mobileone_tf import data as mo_data
@@ -314,8 +359,185 @@ def test_mixed_precision_trains_with_float32_head(tmp_path):
         assert m.get_layer("stage1_0_conv").compute_dtype == "bfloat16"
         out = m.predict(np.full((2, 32, 32, 3), 100.0, "float32"), verbose=0)
         assert out.dtype == np.float32 and np.allclose(out.sum(-1), 1.0, atol=1e-5)
-        assert np.isfinite(float(__import__("csv").DictReader(
-            open(tmp_path / "run" / "log.csv")).__next__()["loss"]))
+        assert np.isfinite(float(next(csv.DictReader(
+            open(tmp_path / "run" / "log.csv")))["loss"]))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert training.set_precision(False) == "float32"
+
+
+# ---------------------------------------------------------------------------
+# TrainConfig: the one place for defaults; flags generated from its fields
+# ---------------------------------------------------------------------------
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# the flags scripts/train.py had when they were written out by hand
+OLD_FLAGS = {
+    "variant": "s0", "epochs": 300, "batch_size": 256, "base_lr": 0.1, "momentum": 0.9,
+    "nesterov": False, "warmup_epochs": 5.0, "warmup_start_factor": 0.001, "min_lr": 1e-6,
+    "weight_decay": 1e-4, "min_weight_decay": 1e-5, "label_smoothing": 0.1,
+    "ema_decay": 0.9995, "clip_grad_norm": 0.0, "image_sizes": ["160", "192", "224"],
+    "resize_epochs": ["0", "37", "112"], "resize_reference_epochs": 300,
+    "augment_magnitudes": None, "eval_image_size": 224, "crop_scale_min": 0.08,
+    "weights": None, "classes": None, "fused": False, "freeze_backbone_epochs": 0,
+    "strategy": "default", "mixed_precision": False, "xla": False, "run_eagerly": False,
+    "steps_per_epoch": None, "validation_steps": None, "seed": 0}
+
+
+def test_flags_are_generated_from_train_config():
+    from absl import flags
+    from mobileone_tf.training import config
+    fv = flags.FlagValues()
+    config.define_flags(fv)
+    for name, default in OLD_FLAGS.items():
+        assert fv[name].default == default, name
+    assert fv["strategy"].parser.enum_values == ["default", "mirrored", "multi_worker", "tpu"]
+    assert "verbose" not in fv          # cli's --verbose (tracebacks) stays cli's
+    fv(["train.py"])
+    assert config.from_flags(fv) == config.TrainConfig()
+    fv(["train.py", "--epochs=3", "--image_sizes=32,48", "--resize_epochs=0,2",
+        "--augment_magnitudes=0.1,0.2", "--xla", "--weights=none", "--classes=7",
+        "--strategy=mirrored", "--nocheck_images"])
+    cfg = config.from_flags(fv)
+    assert cfg == config.TrainConfig(epochs=3, image_sizes=(32, 48), resize_epochs=(0, 2),
+                                     augment_magnitudes=(0.1, 0.2), jit_compile=True,
+                                     weights=None, classes=7, strategy="mirrored",
+                                     check_images=False)
+    fv(["train.py", "--image_sizes=32,big"])
+    with pytest.raises(ValueError, match="--image_sizes"):
+        config.from_flags(fv)
+
+
+def test_config_and_help_import_no_tensorflow():
+    code = ("import sys; from mobileone_tf.training import TrainConfig, check_output_dir; "
+            "TrainConfig(variant='s2').validate(); "
+            "assert not [m for m in sys.modules if m.startswith(('tensorflow', 'keras'))]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "scripts/train.py", "--help"], cwd=ROOT,
+                         capture_output=True, text=True).stdout  # absl: exit status 1
+    for name in (*OLD_FLAGS, "overwrite", "resume", "check_images", "output_dir"):
+        assert f"--{name}" in out or f"--[no]{name}" in out, name
+
+
+def test_config_validation_names_the_setting():
+    from mobileone_tf.training import TrainConfig
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0).validate()
+    with pytest.raises(ValueError, match="same length"):
+        TrainConfig(image_sizes=(160, 224)).validate()
+    with pytest.raises(ValueError, match="s9"):
+        TrainConfig(variant="s9").validate()
+
+
+# ---------------------------------------------------------------------------
+# Output folders: a finished run is never touched; --overwrite / --resume
+# ---------------------------------------------------------------------------
+def test_output_dir_rules_and_clear_run(tmp_path):
+    from mobileone_tf.training import rundir
+    out = tmp_path / "run"
+    assert rundir.check_output_dir(out) == "new"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert rundir.check_output_dir(out) == "new"   # other files are not a run
+    (out / "log.csv").write_text("epoch,loss\r\n0,1.0\r\n1,0.9\r\n2,0.8\r\n")
+    (out / "backup").mkdir()
+    (out / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    with pytest.raises(FileExistsError, match="unfinished run \\(2 epochs"):
+        rundir.check_output_dir(out)
+    assert rundir.check_output_dir(out, resume=True) == "resume"
+    assert rundir.check_output_dir(out, overwrite=True) == "overwrite"
+    with pytest.raises(ValueError, match="exclude each other"):
+        rundir.check_output_dir(out, overwrite=True, resume=True)
+    assert [r["epoch"] for r in rundir.truncate_log(out, 2)] == ["0", "1"]
+    assert (out / "log.csv").read_bytes() == b"epoch,loss\r\n0,1.0\r\n1,0.9\r\n"
+    (out / "summary.json").write_text("{}")
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="finished run .*--overwrite"):
+            rundir.check_output_dir(out, **kw)
+    (out / "fused.keras").write_text("model")
+    # a removal that fails part-way leaves no finished-looking run and no mix:
+    # summary.json goes first, the rest stays a (resumable or overwritable) run
+    real_rename, calls = os.rename, []
+
+    def failing_rename(src, dst):
+        calls.append(os.path.basename(src))
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        real_rename(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rundir.os, "rename", failing_rename)
+        with pytest.raises(OSError, match="disk gone"):
+            rundir.clear_run(out)
+    assert calls == ["summary.json", "fused.keras"]
+    assert rundir.run_state(out) == "unfinished"
+    rundir.clear_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert rundir.check_output_dir(out) == "new"
+
+
+def test_finished_run_is_never_touched_overwrite_starts_over(tmp_path):
+    """A finished 1-epoch run: a rerun (library or script) refuses and changes
+    no byte; --resume refuses too; --overwrite retrains: one log row, epochs 1."""
+    cfg = _tiny_config(fused=True, run_eagerly=True, epochs=1, image_sizes=(32,),
+                       resize_epochs=(0,), resize_reference_epochs=1)
+    out = tmp_path / "run"
+    training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"summary.json", "log.csv", "fused.weights.h5", "best.weights.h5"} <= set(before)
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="finished run"):
+            training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3, **kw)
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", "--train_data", str(tmp_path),
+         "--output_dir", str(out), "--epochs", "1"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "finished run" in errors[0] and "--overwrite" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    s = training.train(cfg, _train_fn(), _val(), 3, str(out), steps_per_epoch=3,
+                       overwrite=True)
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["epochs"] == 1 == s["epochs"] and summary["resumed_at_epoch"] is None
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------
+# Unreadable images: training ones skipped and named, validation ones refused
+# ---------------------------------------------------------------------------
+def test_unreadable_training_image_is_skipped_and_named(tmp_path, caplog):
+    tr = _folder(tmp_path / "train", ["a", "b", "c"], n=6)
+    va = _folder(tmp_path / "val", ["a", "b", "c"], n=1)
+    bad = tmp_path / "train" / "b" / "broken.jpg"
+    bad.write_text("not a jpeg")
+    cfg = _tiny_config(fused=True, run_eagerly=True, epochs=1, batch_size=4,
+                       image_sizes=(32,), resize_epochs=(0,), resize_reference_epochs=1)
+    steps = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            steps.append(self.params["steps"])
+
+    with caplog.at_level("WARNING", logger="mobileone_tf.training"), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = training.run(cfg, tr, va, str(tmp_path / "run"), extra_callbacks=[Steps()])
+    # train and validation data have their lengths: Keras never runs out of data
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    assert s["skipped_images"] == {"count": 1, "files": [str(bad)]}
+    assert json.load(open(tmp_path / "run" / "summary.json"))["skipped_images"]["count"] == 1
+    reports = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert any("epoch 1" in m for m in reports) and len(reports) >= 2, reports
+    # the fit dataset has its length: 18 readable images // batch 4 (not "Unknown")
+    assert steps == [4]
+    # a broken validation image stops the run before anything is built, by name
+    (tmp_path / "val" / "c" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(ValueError, match="cut.png"):
+        training.run(cfg, tr, va, str(tmp_path / "run2"))
+    assert not (tmp_path / "run2").exists()

@@ -7,7 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mobileone_tf import models, porting, weights
+from mobileone_tf import models, weights
+from mobileone_tf.models import labels
+from mobileone_tf.weights import download
+from tests.conftest import require_shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,10 +23,16 @@ def fresh_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
 
-    def offline(entry, cache_dir):
-        raise OSError(f"URL fetch failure on {entry['url']} (offline test)")
-    monkeypatch.setattr(weights, "_download", offline)
+    def offline(name, url, *args, **kwargs):
+        raise OSError(f"URL fetch failure on {url} (offline test)")
+    monkeypatch.setattr(download, "download_file", offline)
     return home
+
+
+def _umask_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @pytest.fixture
@@ -38,10 +47,11 @@ def mirror(tmp_path, monkeypatch, shared_data):
 def test_mirror_then_cache_reuse(fresh_home, mirror, monkeypatch):
     path = weights.imagenet_weights_path("s0", fused=True)
     assert path == str(fresh_home / "models" / "mobileone_tf" / "mobileone_s0.weights.h5")
-    state, attrs = porting.read_weights_h5(path, with_attrs=True)
+    state, attrs = weights.read_weights_h5(path, with_attrs=True)
     assert attrs["variant"] == "s0" and attrs["form"] == "fused"
     assert attrs["source"].endswith("/mobileone_s0.pth.tar")
-    assert porting.count_params(state) == 2_078_504
+    assert weights.count_params(state) == 2_078_504
+    assert os.stat(path).st_mode & 0o777 == _umask_mode()  # issue 12: not 0600
     # second call: served from the cache even with the mirror gone
     monkeypatch.delenv(weights.ENV_MIRROR)
     mtime = os.path.getmtime(path)
@@ -66,6 +76,7 @@ def test_offline_error_names_file_and_folder(fresh_home):
         weights.imagenet_weights_path("s2", fused=False)
     msg = str(info.value)
     assert weights.BASE_URL + "mobileone_s2_unfused.pth.tar" in msg
+    assert "URL fetch failure" in msg
     assert weights.BASE_URL + "mobileone_s2.pth.tar" in msg
     assert weights.ENV_MIRROR in msg and "unset" in msg
     with pytest.raises(FileNotFoundError, match="mobileone_s1.pth.tar"):
@@ -83,23 +94,26 @@ def test_wrong_sha256_is_refused(fresh_home, tmp_path, monkeypatch):
     assert not os.listdir(fresh_home / "models" / "mobileone_tf")
 
 
-def test_class_index_from_mirror_csv(fresh_home, tmp_path, monkeypatch, shared_data):
+def test_class_index_from_mirror_csv(fresh_home, tmp_path, monkeypatch):
+    shared_data = require_shared("imagenet_classes.csv")
     folder = tmp_path / "classes"
     folder.mkdir()
     shutil.copy(shared_data / "imagenet_classes.csv", folder / "imagenet_classes.csv")
-    monkeypatch.setattr(weights, "CLASS_INDEX_URL", "http://127.0.0.1:9/none.json")
     with pytest.raises(FileNotFoundError, match="imagenet_classes.csv"):
-        weights.imagenet_class_index()
+        models.imagenet_class_index()
     monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
-    index = weights.imagenet_class_index()
+    index = models.imagenet_class_index()
     assert len(index) == 1000
     assert index[0] == ("n01440764", "tench")
     assert index[1] == ("n01443537", "goldfish")
     assert all(" " not in name for _, name in index)
     # cached under mobileone_tf's own name, never under Keras' own file name
-    assert not (fresh_home / "models" / weights.CLASS_INDEX_FILE).exists()
+    assert not (fresh_home / "models" / labels.CLASS_INDEX_FILE).exists()
+    own = fresh_home / "models" / "mobileone_tf" / labels.OWN_CLASS_INDEX_FILE
+    assert os.stat(own).st_mode & 0o777 == _umask_mode()
     monkeypatch.delenv(weights.ENV_MIRROR)
-    assert weights.imagenet_class_index() == index
+    assert models.imagenet_class_index() == index
+    assert models.imagenet_synset_to_index()["n01443537"] == 1
     decoded = models.decode_predictions(np.eye(1000, dtype="float32")[[1]], top=1)
     assert decoded[0][0][:2] == ("n01443537", "goldfish")
 
@@ -110,3 +124,24 @@ def test_manifest_matches_code():
     assert manifest["checkpoints"] == weights.CHECKPOINTS
     assert {(e["variant"], e["form"]) for e in weights.CHECKPOINTS} == {
         (v, f) for v in ("s0", "s1", "s2", "s3", "s4") for f in ("fused", "branched")}
+
+
+def test_decode_predictions_semantics(fresh_home, tmp_path, monkeypatch):
+    """keras.applications semantics: (synset, name, score), best first, one
+    list per image; (batch, 1000) only."""
+    shared_data = require_shared("imagenet_classes.csv")
+    folder = tmp_path / "classes"
+    folder.mkdir()
+    shutil.copy(shared_data / "imagenet_classes.csv", folder / "imagenet_classes.csv")
+    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
+    preds = np.random.default_rng(1).random((3, 1000)).astype("float32")
+    decoded = models.decode_predictions(preds, top=4)
+    index = models.imagenet_class_index()
+    for row, result in zip(preds, decoded):
+        expected = sorted(range(1000), key=lambda i: -row[i])[:4]
+        assert [r[:2] for r in result] == [index[i] for i in expected]
+        assert [r[2] for r in result] == [float(row[i]) for i in expected]
+        assert all(isinstance(r[2], float) for r in result)
+    for bad in (np.zeros((2, 10)), np.zeros(1000)):
+        with pytest.raises(ValueError, match=r"shape \(samples, 1000\)"):
+            models.decode_predictions(bad)

@@ -15,7 +15,9 @@ runs a fixed random input (2x3x64x64, seed 0) in eval mode and writes:
   and mmpretrain key names, produced by renaming timm's keys (Apple's and
   mmpretrain's code is not installable here; the renaming follows their
   module definitions. Apple's real fused S0 checkpoint is tested directly);
-* ``{v}.npz``: ``x_nchw``, ``x_nhwc``, ``logits`` (eval-mode timm output).
+* ``{v}.npz``: ``x_nchw``, ``x_nhwc``, ``logits`` (eval-mode timm output),
+  ``features_P1`` .. ``features_P5`` (NHWC; timm's ``features_only=True``
+  model with the same weights: stem and stages 1-4).
 
 With ``--real``: Apple's fused S0 checkpoint renamed into timm's
 re-parameterized ``mobileone_s0`` (an independent forward pass), run on 8 real
@@ -138,9 +140,15 @@ def variant_fixtures(out, size):
                 k: t.numpy() for k, t in torch.load(
                     os.path.join(out, "s0_timm.pth"), weights_only=True).items()
                 if not k.endswith("num_batches_tracked")})
+        feats = timm.create_model(f"mobileone_{v}", pretrained=False, features_only=True).eval()
+        feats.load_state_dict({re.sub(r"^stages\.(\d)\.", r"stages_\1.", k): t
+                               for k, t in sd.items() if not k.startswith("head.")})
+        with torch.no_grad():
+            maps = {f"features_P{j + 1}": f.numpy().transpose(0, 2, 3, 1)
+                    for j, f in enumerate(feats(x))}
         np.savez(os.path.join(out, f"{v}.npz"), x_nchw=x.numpy(),
                  x_nhwc=x.numpy().transpose(0, 2, 3, 1), logits=logits,
-                 logits_reparam=logits_rep)
+                 logits_reparam=logits_rep, **maps)
 
 
 def load_images(folder, n=8):

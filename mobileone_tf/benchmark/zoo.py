@@ -1,0 +1,145 @@
+"""The models the benchmark times: MobileOne S0-S4 (fused or branched), the
+keras.applications mobile baselines, and the 30-layer networks of the paper's
+latency study (Sec. 3.1, Tables 3 and 4). Each is built with random weights
+and a fixed batch-1 NHWC float32 input.
+
+Keras is imported inside the builders (the names and tables here are light).
+"""
+
+from __future__ import annotations
+
+IMAGE_SIZE = 224
+"""Default input height = width (pixels)."""
+
+# Published ImageNet-1k top-1 (%) of the baselines, from the Keras
+# applications documentation (keras.io/api/applications/ table; MobileNetV3
+# page for V3: Large 1.0 224 = 75.6, Small 1.0 224 = 68.1).
+BASELINE_TOP1 = {
+    "mobilenet_v2": 71.3,
+    "mobilenet_v3_small": 68.1,
+    "mobilenet_v3_large": 75.6,
+    "efficientnet_b0": 77.1,
+}
+BASELINES = tuple(BASELINE_TOP1)
+FORMS = ("fused", "branched")
+
+STUDY_ACTIVATIONS = ("relu", "gelu", "silu", "hard_swish", "se_relu")
+STUDY_BLOCKS = ("baseline", "se", "skip")
+STUDY_WIDTH = 64
+STUDY_DEPTH = 30
+
+
+def model_names(variants, baselines=True) -> list:
+    """``mobileone_<variant>`` for each variant (lower case), then
+    :data:`BASELINES` when ``baselines``."""
+    names = [f"mobileone_{v.lower()}" for v in variants]
+    return names + (list(BASELINES) if baselines else [])
+
+
+def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
+    """A Keras 3 model with random weights and a batch-1 NHWC float32 input.
+
+    Args:
+        name: ``mobileone_s0``..``mobileone_s4``, one of :data:`BASELINES`,
+            or ``study_<kind>`` (see :func:`study_net`).
+        form: ``"fused"`` or ``"branched"`` (MobileOne only; others ignore it).
+        image_size: input height = width (pixels).
+
+    The fused MobileOne is ``fuse()`` of the random branched model, not a
+    randomly initialised fused model: with no identity branch folded in, the
+    latter's activations shrink into float32 denormals by stage 4, which x86
+    kernels that do not flush them run many times slower (docs/benchmark.md).
+    Real fused weights, like these, keep activations in the normal range.
+
+    Raises:
+        ValueError: unknown name or form.
+    """
+    import keras
+    if name.startswith("mobileone_"):
+        from mobileone_tf.models import MobileOne, fuse
+        if form not in FORMS:
+            raise ValueError(f"form must be 'fused' or 'branched', got {form!r}")
+        # input_shape, not input_tensor: the exporter wants a single
+        # model.input tensor; the runners/converters fix the batch to 1.
+        model = MobileOne(name.split("_", 1)[1], weights=None,
+                          input_shape=(image_size, image_size, 3), name=name)
+        return fuse(model) if form == "fused" else model
+    apps = keras.applications
+    builders = {
+        "mobilenet_v2": apps.MobileNetV2,
+        "mobilenet_v3_small": apps.MobileNetV3Small,
+        "mobilenet_v3_large": apps.MobileNetV3Large,
+        "efficientnet_b0": apps.EfficientNetB0,
+    }
+    if name in builders:
+        inp = keras.Input(batch_shape=(1, image_size, image_size, 3), name="image")
+        app = builders[name](weights=None, input_tensor=inp)
+        # keras.applications built on input_tensor have model.input == [inp];
+        # re-wrapped, the model has the single input tensor the exporter takes
+        return keras.Model(inp, app.output, name=app.name)
+    if name.startswith("study_"):
+        return study_net(name[len("study_"):], image_size)
+    raise ValueError(f"Unknown model {name!r}; expected mobileone_s0..s4, "
+                     f"{', '.join(BASELINES)} or study_<activation|block>.")
+
+
+def top1(name: str):
+    """Published ImageNet top-1 (%): Apple's for MobileOne (the variant
+    table), Keras' for the baselines, ``None`` otherwise."""
+    if name.startswith("mobileone_"):
+        from mobileone_tf.variants import get_variant
+        return get_variant(name.split("_", 1)[1]).top1
+    return BASELINE_TOP1.get(name)
+
+
+def study_net(kind: str, image_size: int = IMAGE_SIZE):
+    """The 30-layer convolutional network of the paper's latency study.
+
+    The paper (Sec. 3.1, Tables 3-4) does not publish its exact layout; ours:
+    3x3 conv stride 2 (3->32), 3x3 conv stride 2 (32->64), then 28 3x3 convs
+    64->64 at stride 1 (56x56 for a 224 input), each followed by the
+    activation, then global average pool. Dynamic ReLU is not included (not
+    implementable faithfully with standard TFLite ops).
+
+    Args:
+        kind: an activation of :data:`STUDY_ACTIVATIONS` (``se_relu`` = ReLU
+            with a squeeze-excite, ratio 1/16, after every conv), or a block
+            of :data:`STUDY_BLOCKS` (``baseline`` = ReLU, ``se`` = the
+            se_relu net, ``skip`` = ReLU with an identity skip around every
+            stride-1 conv).
+        image_size: input height = width (pixels).
+
+    Returns:
+        A ``keras.Model`` named ``study_<kind>``, input ``(1, S, S, 3)``
+        float32, output ``(1, 64)`` features.
+
+    Raises:
+        ValueError: unknown kind.
+    """
+    import keras
+    layers = keras.layers
+    if kind not in STUDY_ACTIVATIONS + STUDY_BLOCKS:
+        raise ValueError(f"Unknown study network {kind!r}; expected one of "
+                         f"{STUDY_ACTIVATIONS + STUDY_BLOCKS}")
+    act = "relu" if kind in ("baseline", "skip", "se", "se_relu") else kind
+    use_se = kind in ("se", "se_relu")
+    inp = keras.Input(batch_shape=(1, image_size, image_size, 3), name="image")
+
+    def block(x, filters, strides):
+        y = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
+        y = layers.Activation(act)(y)
+        if use_se:
+            s = layers.GlobalAveragePooling2D(keepdims=True)(y)
+            s = layers.Conv2D(max(1, filters // 16), 1, activation="relu")(s)
+            s = layers.Conv2D(filters, 1, activation="sigmoid")(s)
+            y = layers.Multiply()([y, s])
+        if kind == "skip" and strides == 1 and x.shape[-1] == filters:
+            y = layers.Add()([x, y])
+        return y
+
+    x = block(inp, STUDY_WIDTH // 2, 2)
+    x = block(x, STUDY_WIDTH, 2)
+    for _ in range(STUDY_DEPTH - 2):
+        x = block(x, STUDY_WIDTH, 1)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, x, name=f"study_{kind}")

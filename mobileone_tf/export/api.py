@@ -1,0 +1,69 @@
+"""One entry point over the formats: :func:`export` (a model),
+:func:`export_variant` (build a MobileOne, then export: what
+``scripts/convert.py`` calls) and :func:`check_options` (every cheap
+argument check of a format, no model or image touched)."""
+
+from __future__ import annotations
+
+from mobileone_tf.export import coreml, onnx, saved_model, tflite
+from mobileone_tf.export.common import FORMATS, ExportError
+
+EXPORTERS = {"tflite": tflite.to_tflite, "coreml": coreml.to_coreml, "onnx": onnx.to_onnx,
+             "saved_model": saved_model.to_saved_model}
+_CHECKS = {"tflite": tflite.check_options, "coreml": coreml.check_options,
+           "onnx": onnx.check_options, "saved_model": saved_model.check_options}
+
+
+def _exporter(format):
+    if format not in EXPORTERS:
+        raise ExportError(f"Unknown format {format!r}; expected one of {FORMATS}")
+    return EXPORTERS[format]
+
+
+def check_options(format, output, **kwargs):
+    """The argument checks ``to_{format}`` makes before touching the model
+    (mode, output path, format options; a calibration folder must exist);
+    returns the output path.
+
+    Raises:
+        ExportError: unknown format or a bad argument.
+    """
+    _exporter(format)
+    return _CHECKS[format](output, **kwargs)
+
+
+def export(model, output, format, **kwargs):
+    """Dispatches to ``to_{format}(model, output, **kwargs)``.
+
+    Raises:
+        ExportError: unknown format (and whatever the exporter raises).
+    """
+    return _exporter(format)(model, output, **kwargs)
+
+
+def export_variant(variant, output, format, *, weights="imagenet", include_top=True,
+                   classes=1000, classifier_activation="softmax",
+                   include_preprocessing=True, **kwargs):
+    """Builds a MobileOne (:func:`mobileone_tf.MobileOne` with
+    ``input_shape=(None, None, 3)``) and exports it with :func:`export`.
+
+    Every cheap argument check (:func:`check_options`) runs before the model
+    is built, so a bad option fails fast with nothing written.
+
+    Args:
+        variant: ``"s0"`` .. ``"s4"``.
+        weights: ``"imagenet"``, ``None`` (random) or a weights file.
+        include_top, classes, classifier_activation, include_preprocessing:
+            as :func:`mobileone_tf.MobileOne`.
+        kwargs: options of ``to_{format}``.
+
+    Returns:
+        ``(path, report)``.
+    """
+    check_options(format, output, **kwargs)
+    from mobileone_tf import models
+    model = models.MobileOne(variant, weights=weights, input_shape=(None, None, 3),
+                             include_top=include_top, classes=classes,
+                             classifier_activation=classifier_activation,
+                             include_preprocessing=include_preprocessing)
+    return export(model, output, format, **kwargs)

@@ -1,0 +1,82 @@
+"""One export in progress: the prepared model, its report, verification of
+the staged file and the atomic install (shared by every format)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mobileone_tf.export import prepare
+from mobileone_tf.export.common import install, size_bytes, write_report
+from mobileone_tf.export.verify import verify_file
+
+
+class ExportJob:
+    """One export: prepared model, report, verification, atomic install.
+
+    Attributes:
+        output: checked output path (:func:`.common.check_output`).
+        fixed: the prepared model (:func:`.prepare.prepare_model`).
+        labels: class names for ``labels.txt`` / the Core ML classifier
+            (``None`` for a features model or when not wanted).
+        report: the report dict (``format``, ``model``, ``form``, ``fused``,
+            ``quantize``, ``batch_size``, ``input_size``, ``convert_seconds``,
+            ``labels_source``, then what the format adds).
+    """
+
+    def __init__(self, fmt, output, fixed, quantize, fuse, labels=None, labels_source=None):
+        from mobileone_tf import models
+        self.output, self.fixed, self.labels = output, fixed, labels
+        self.report = {"format": fmt, "model": fixed.name, "form": models.model_form(fixed),
+                       "fused": bool(fuse), "quantize": quantize,
+                       "batch_size": int(fixed.input.shape[0]),
+                       "input_size": [int(d) for d in fixed.input.shape[1:3]],
+                       "convert_seconds": None}
+        if labels_source is not None:
+            self.report["labels_source"] = labels_source
+        self._start = time.time()
+
+    def converted(self, **fields):
+        """Records the conversion time (and ``fields``) in the report."""
+        self.report["convert_seconds"] = round(time.time() - self._start, 2)
+        self.report.update(fields)
+
+    def finish(self, staged, *, verify, verify_data, strict, report_path,
+               write_labels=True):
+        """Verifies the staged file (:func:`.verify.verify_file`, when
+        ``verify``), then installs it; returns ``(path, report)``."""
+        if verify:
+            self.report["verification"] = verify_file(self.fixed, staged, verify_data, strict)
+        return self.install(staged, report_path, write_labels)
+
+    def install(self, staged, report_path=None, write_labels=True):
+        """Moves the staged file to the output (``labels.txt`` beside it when
+        there are labels), writes the report JSON; returns ``(path, report)``."""
+        report = self.report
+        if self.labels is not None and write_labels:
+            labels_path = os.path.join(os.path.dirname(os.path.abspath(self.output)),
+                                       "labels.txt")
+            staged_labels = staged + ".labels.txt"
+            with open(staged_labels, "w") as f:
+                f.write("\n".join(self.labels) + "\n")
+            install(staged, self.output)
+            os.replace(staged_labels, labels_path)
+            report["labels"] = labels_path
+        else:
+            install(staged, self.output)
+        report["path"] = self.output
+        report["file_size_bytes"] = size_bytes(self.output)
+        if report_path:
+            write_report(report, report_path)
+        return self.output, report
+
+
+def start(fmt, model, output, *, quantize, fuse, batch_size, input_size, names=None,
+          labels=True):
+    """The :class:`ExportJob` of ``model`` (prepared with
+    :func:`.prepare.prepare_model`) to an already checked ``output``; with
+    ``labels``, the class names of :func:`.prepare.class_names` (``names``
+    or ImageNet's or indices) go with it."""
+    fixed = prepare.prepare_model(model, fuse, batch_size, input_size)
+    label_list, source = prepare.class_names(fixed, names) if labels else (None, None)
+    return ExportJob(fmt, output, fixed, quantize, fuse, label_list, source)

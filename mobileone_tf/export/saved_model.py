@@ -1,0 +1,68 @@
+"""TensorFlow SavedModel export (one ``serving_default`` signature); also the
+intermediate form the TFLite converter reads."""
+
+from __future__ import annotations
+
+import os
+
+from mobileone_tf.export import prepare
+from mobileone_tf.export.common import INPUT_NAME, check_arguments, quiet, staging
+from mobileone_tf.export.job import start
+
+
+def write_saved_model(fixed, path):
+    """Writes ``fixed`` as a SavedModel with one ``serving_default``
+    signature ``{"image": (B, H, W, 3) float32} -> {output_name: (B, C)}``
+    (``keras.export.ExportArchive``, as ``model.export``)."""
+    import keras
+    import tensorflow as tf
+    archive = keras.export.ExportArchive()
+    archive.track(fixed)
+    name = prepare.output_name(fixed)
+
+    def serve(image):
+        return {name: fixed(image, training=False)}
+
+    archive.add_endpoint("serving_default", serve, input_signature=[
+        tf.TensorSpec(tuple(fixed.input.shape), tf.float32, name=INPUT_NAME)])
+    with quiet():
+        archive.write_out(path)
+
+
+def check_options(output, *, quantize="none", overwrite=False, **_):
+    """The cheap argument checks of :func:`to_saved_model`; returns the output."""
+    return check_arguments("saved_model", output, quantize, overwrite)
+
+
+def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
+                   overwrite=False, verify=True, verify_data=None, report_path=None,
+                   quantize="none"):
+    """Exports a TensorFlow SavedModel (``serving_default`` signature).
+
+    Args:
+        model: MobileOne ``keras.Model`` (branched models are fused first).
+        output: SavedModel directory to create.
+        batch_size, input_size, fuse: see :func:`.prepare.prepare_model`.
+        overwrite: replace an existing ``output``.
+        verify: compare with the fused Keras model (strict, float32).
+        verify_data: image folder or float32 array ``(N, H, W, 3)`` for
+            verification (default: 8 generated images).
+        report_path: also write the report as JSON there.
+        quantize: ``"none"`` only.
+
+    Returns:
+        ``(path, report)``.
+
+    Raises:
+        ExportError, ExportVerificationError.
+    """
+    output = check_options(output, quantize=quantize, overwrite=overwrite)
+    job = start("saved_model", model, output, quantize=quantize, fuse=fuse,
+                batch_size=batch_size, input_size=input_size, labels=False)
+    with staging(output) as tmp:
+        staged = os.path.join(tmp, "saved_model")
+        write_saved_model(job.fixed, staged)
+        inputs, outputs = prepare.keras_io(job.fixed)
+        job.converted(inputs=inputs, outputs=outputs, signature="serving_default")
+        return job.finish(staged, verify=verify, verify_data=verify_data, strict=True,
+                          report_path=report_path)

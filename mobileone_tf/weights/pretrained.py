@@ -1,0 +1,122 @@
+"""``weights="imagenet"``: find, verify, port and cache Apple's released weights.
+
+Apple publishes (ml-mobileone README) two PyTorch checkpoints per variant at
+``https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/``:
+``mobileone_sN.pth.tar`` (fused, inference form) and
+``mobileone_sN_unfused.pth.tar`` (branched, training-time form).
+:data:`CHECKPOINTS` lists them (also in ``checkpoints/manifest.json``).
+
+:func:`imagenet_weights_path` resolves, in this order, for each candidate
+checkpoint (a branched model prefers the unfused checkpoint, a fused model
+the fused one; either can serve the other form):
+
+1. the Keras cache: ``$KERAS_HOME/models/mobileone_tf/<name>.weights.h5``,
+   ported by an earlier call (:func:`mobileone_tf.weights.download.keras_cache_dir`);
+2. a local mirror folder named by the environment variable
+   ``MOBILEONE_TF_CHECKPOINTS`` holding files under Apple's names (their
+   sha256 is checked where :data:`CHECKPOINTS` knows it);
+3. a download with ``keras.utils.get_file``.
+
+The checkpoint is ported once (:func:`mobileone_tf.weights.port_checkpoint`)
+and the ``.weights.h5`` cached atomically with umask permissions. A fused
+checkpoint loaded into a branched model is an exact-output *initialisation*
+(fused kernel in the first branch, see
+:func:`mobileone_tf.layers.branched_state_from_fused`), not Apple's
+training-time weights. No TensorFlow import (Keras only for a download).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mobileone_tf import variants
+from mobileone_tf.weights import download
+from mobileone_tf.weights.h5 import write_weights_h5
+from mobileone_tf.weights.layouts import port_checkpoint
+
+BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
+
+_KNOWN_SHA256 = {
+    "mobileone_s0.pth.tar":
+        "968b1f851cee94b5516f68b50c710a74a6d60d5b1759bbf53528b7b860cc6a97",
+}
+
+
+def _entry(variant, form):
+    file = f"mobileone_{variant}{'' if form == 'fused' else '_unfused'}.pth.tar"
+    return {"variant": variant, "form": form, "file": file, "url": BASE_URL + file,
+            "sha256": _KNOWN_SHA256.get(file)}
+
+
+CHECKPOINTS = [_entry(v, f) for v in variants.VARIANTS for f in ("fused", "branched")]
+"""Apple's official ImageNet-1k checkpoints: dicts with ``variant``, ``form``
+(``"fused"``/``"branched"``), ``file``, ``url`` and ``sha256`` (None where
+unknown). Mirrored in ``checkpoints/manifest.json``."""
+
+
+def _candidates(variant, fused):
+    order = ("fused", "branched") if fused else ("branched", "fused")
+    return [e for form in order for e in CHECKPOINTS
+            if e["variant"] == variant and e["form"] == form]
+
+
+def _ported_name(entry) -> str:
+    return entry["file"][: -len(".pth.tar")] + ".weights.h5"
+
+
+def _port_to_cache(entry, checkpoint) -> str:
+    result = port_checkpoint(checkpoint, variant=entry["variant"])
+    if result.form != entry["form"]:
+        raise ValueError(f"{checkpoint}: expected the {entry['form']} form, found "
+                         f"{result.form}")
+    out = os.path.join(download.cache_dir(), _ported_name(entry))
+    return write_weights_h5(result.state, out, entry["variant"], result.form,
+                            source=entry["url"], overwrite=True)
+
+
+def imagenet_weights_path(variant, fused: bool = False) -> str:
+    """Path of the ported ImageNet ``.weights.h5`` for a variant (see module doc).
+
+    Args:
+        variant: ``"s0"`` ... ``"s4"``.
+        fused: whether the model that will load it is the fused form (prefers
+            the fused checkpoint) or the branched form (prefers unfused).
+
+    Returns:
+        Path of a ``.weights.h5`` written by
+        :func:`mobileone_tf.weights.write_weights_h5` in the Keras cache.
+
+    Raises:
+        FileNotFoundError: nothing cached, nothing in the mirror, and the
+            download failed (the message names the URL, the file name and
+            the folder to put it in).
+        ValueError: a mirrored file with the wrong sha256, or that does not
+            port.
+    """
+    v = variants.get_variant(variant).name
+    entries = _candidates(v, fused)
+    cache = download.cache_dir()
+    for entry in entries:  # 1. Keras cache
+        path = os.path.join(cache, _ported_name(entry))
+        if os.path.isfile(path):
+            return path
+    for entry in entries:  # 2. local mirror (sha256-checked)
+        src = download.mirror_file(entry["file"], entry["sha256"], entry["url"])
+        if src:
+            return _port_to_cache(entry, src)
+    errors = []
+    for entry in entries:  # 3. download
+        try:
+            src = download.download_file(entry["file"], entry["url"], entry["sha256"])
+        except Exception as e:  # offline, HTTP error, hash mismatch
+            errors.append(f"{entry['url']}: {e}")
+            continue
+        return _port_to_cache(entry, src)
+    first = entries[0]
+    raise FileNotFoundError(
+        f"ImageNet weights for MobileOne-{v.upper()} are not cached and could not be "
+        f"downloaded ({'; '.join(errors)}). Download {first['url']}"
+        + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
+        + f" and put it, under that file name, in the folder named by the "
+        f"environment variable {download.ENV_MIRROR} (currently "
+        f"{download.mirror_dir() or 'unset'}), or pass weights=PATH to the file.")
