@@ -4,6 +4,8 @@
 Examples:
   python scripts/benchmark.py --json bench.json --markdown bench.md --plot bench.png
   python scripts/benchmark.py --variants s0 --runtimes tflite --threads 2 --runs 100
+  python scripts/benchmark.py --variants s0,s1 --forms fused --runtimes tflite --baselines '' \
+      --quantizations bare,float32,unfolded,float16,int8 --threads 1,2 --markdown files.md
   python scripts/benchmark.py --study activations --markdown act.md
   python scripts/benchmark.py --mode train --variants s0 --runs 5 --warmup 2
   python scripts/benchmark.py --import_device_results pixel7.txt --markdown pixel7.md
@@ -23,7 +25,9 @@ flags.DEFINE_list("threads", [str(t) for t in D["threads"]],
                   "Thread counts (one subprocess each).")
 flags.DEFINE_list("forms", D["forms"], "MobileOne forms.")
 flags.DEFINE_list("quantizations", D["quantizations"],
-                  "TFLite models (branched MobileOne: float32 only).")
+                  "TFLite files: float32 (the default export), float16, int8, and for "
+                  "MobileOne bare (no normalization, logits), unfolded (normalization as "
+                  "MUL+ADD). Branched MobileOne: float32 only.")
 flags.DEFINE_list("baselines", list(bench.zoo.BASELINES),
                   "keras.applications baselines ('' for none).")
 flags.DEFINE_list("models", None, "Explicit model names (overrides --variants/--baselines).")

@@ -41,8 +41,13 @@ flags.DEFINE_bool("include_preprocessing", True,
                   "Model takes RGB 0..255 and normalizes inside (false: normalized input).")
 flags.DEFINE_integer("classes", 1000, "Classes of the top (1000 for ImageNet weights).")
 flags.DEFINE_bool("include_top", True, "Export with the classifier.")
-flags.DEFINE_enum("classifier_activation", "softmax", ["softmax", "none"],
-                  "Top activation: softmax probabilities or logits.")
+flags.DEFINE_enum("outputs", "probabilities", ["probabilities", "logits"],
+                  "Classifier output: softmax probabilities or logits (no SOFTMAX op).")
+flags.DEFINE_bool("fold", True, "Fold the input normalization into the stem conv (--nofold "
+                  "only to measure).")
+flags.DEFINE_string("labels", None, "tflite: class names file, one per line (default: ImageNet).")
+flags.DEFINE_bool("metadata", True, "tflite: pack TFLite metadata for MediaPipe / Android Studio "
+                  "(--nometadata skips it; works offline).")
 flags.mark_flags_as_required(["format", "output"])
 
 
@@ -52,18 +57,19 @@ def main(argv):
     kwargs = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size, fuse=FLAGS.fuse,
                   overwrite=FLAGS.overwrite, verify=FLAGS.verify,
                   verify_data=FLAGS.verify_data, report_path=FLAGS.report,
-                  quantize=FLAGS.quantize)
+                  quantize=FLAGS.quantize, fold=FLAGS.fold,
+                  outputs=FLAGS.outputs if FLAGS.include_top else None)
     if FLAGS.format == "tflite":
         kwargs.update(calibration_data=FLAGS.calibration_data,
                       calibration_steps=FLAGS.calibration_steps, equalize=FLAGS.equalize,
-                      int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io)
+                      int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io,
+                      labels=FLAGS.labels, metadata=FLAGS.metadata)
     elif FLAGS.format == "onnx":
         kwargs["opset"] = FLAGS.opset
     try:
         _, report = export.export_variant(
             FLAGS.variant, FLAGS.output, FLAGS.format, weights=cli.weights_arg(FLAGS.weights),
             include_top=FLAGS.include_top, classes=FLAGS.classes,
-            classifier_activation=None if FLAGS.classifier_activation == "none" else "softmax",
             include_preprocessing=FLAGS.include_preprocessing, **kwargs)
     except export.ExportVerificationError as e:  # a failed check, not a bug: one line
         print(f"error: {cli.error_message(e)}", file=sys.stderr)

@@ -154,18 +154,50 @@ def test_report_formats(tmp_path):
 
 def test_graph_checks_of_a_fused_s0_graph():
     """The expected op counts come from the variant table: S0 has 5 stride-2
-    blocks (one PAD each), 22 blocks + 2 (stem/head convs are blocks too), no SE."""
-    graph = {"ops": {"PAD": 5, "CONV_2D": 12, "DEPTHWISE_CONV_2D": 10, "ADD": 1, "MUL": 1},
+    blocks (one PAD each), 43 blocks (stem and every depthwise/pointwise
+    pair), no SE; the input normalization is one ADD in the default export
+    (folded), ADD + MUL unfolded, nothing in the bare graph."""
+    graph = {"ops": {"PAD": 5, "CONV_2D": 22, "DEPTHWISE_CONV_2D": 21, "ADD": 1},
              "delegate_partitions": 1, "undelegated_ops": {}, "all_delegated": True}
+    unfolded = dict(graph, ops=dict(graph["ops"], MUL=1))
+    bare = dict(graph, ops={k: v for k, v in graph["ops"].items() if k != "ADD"})
     res = {"rows": [], "graphs": {"mobileone_s0_fused_float32": graph,
+                                  "mobileone_s0_fused_unfolded": unfolded,
+                                  "mobileone_s0_fused_bare": bare,
                                   "mobilenet_v2_float32": graph}}
-    (key, chk), = bm.findings(res)["graph_checks"].items()
-    assert key == "mobileone_s0_fused_float32"
-    assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
-    assert chk["add_ops"] == chk["expected_add_ops"] == 1
-    assert chk["mul_ops"] == chk["expected_mul_ops"] == 1
-    assert "| mobileone_s0_fused_float32 | 5 (5) |" in bm.to_markdown(
-        {"rows": [], "findings": bm.findings(res)})
+    checks = bm.findings(res)["graph_checks"]
+    assert sorted(checks) == ["mobileone_s0_fused_bare", "mobileone_s0_fused_float32",
+                              "mobileone_s0_fused_unfolded"]
+    for key, (add, mul) in (("float32", (1, 0)), ("unfolded", (1, 1)), ("bare", (0, 0))):
+        chk = checks[f"mobileone_s0_fused_{key}"]
+        assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
+        assert chk["conv_ops"] == chk["expected_conv_ops"] == 43
+        assert chk["add_ops"] == chk["expected_add_ops"] == add, key
+        assert chk["mul_ops"] == chk["expected_mul_ops"] == mul, key
+    assert "| mobileone_s0_fused_float32 | 5 (5) | 43 (43) | 1 (1) | 0 (0) | 1 | True |" in \
+        bm.to_markdown({"rows": [], "findings": bm.findings(res)})
+
+
+def test_tflite_files_side_by_side():
+    """default / bare, unfolded / bare, float16 / default and the int8
+    speed-up per model and thread count, from rows timed together."""
+    ms = {"tflite-bare": 2.0, "tflite-float32": 2.04, "tflite-unfolded": 2.3,
+          "tflite-float16": 2.1, "tflite-int8": 1.2}
+    rows = [{"model": "mobileone_s0", "form": "fused", "runtime": rt, "threads": 2,
+             "median_ms": v} for rt, v in ms.items()]
+    rows.append({"model": "mobileone_s1", "form": "fused", "runtime": "tflite-float32",
+                 "threads": 2, "median_ms": 5.0})  # no bare, no int8 row: left out
+    rows.append(dict(rows[0], form="branched", median_ms=9.0))  # branched: not a file row
+    (t,) = report.tflite_files(rows)
+    assert (t["model"], t["threads"], t["bare_ms"], t["default_ms"]) == ("mobileone_s0", 2,
+                                                                         2.0, 2.04)
+    assert t["default_over_bare"] == pytest.approx(1.02)
+    assert t["unfolded_over_bare"] == pytest.approx(1.15)
+    assert t["float16_over_default"] == pytest.approx(2.1 / 2.04)
+    assert t["int8_speedup"] == pytest.approx(1.7)
+    md = bm.to_markdown({"rows": rows, "findings": bm.findings({"rows": rows})})
+    assert "| mobileone_s0 | 2 | 2.00 | 2.04 | 2.30 | 2.10 | 1.20 | 1.020 | 1.150 | 1.029 | " \
+        "1.700 |" in md
 
 
 def test_interleaved_timings_rounds_and_noise(monkeypatch):
@@ -266,20 +298,27 @@ def test_script_user_errors_are_one_line(tmp_path):
 def test_script_end_to_end_tiny(tmp_path):
     out = tmp_path / "r.json"
     proc = _script("--models", "mobileone_s0", "--forms", "fused", "--runtimes", "tflite",
-                   "--quantizations", "float32", "--threads", "1", "--runs", "3", "--warmup",
+                   "--quantizations", "float32,bare", "--threads", "1", "--runs", "3", "--warmup",
                    "1", "--image_size", "64", "--json", str(out), "--markdown",
                    str(tmp_path / "r.md"), "--workdir", str(tmp_path / "wd"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert not res["errors"], res["errors"]
-    (row,) = res["rows"]
+    row, bare = res["rows"]
     assert row["runtime"] == "tflite-float32" and row["runs"] == 3 and row["threads"] == 1
     assert row["macs"] > 0 and row["file_bytes"] > 0 and row["peak_ratio"] > 0
+    assert bare["runtime"] == "tflite-bare" and bare["params"] == row["params"]
     assert res["gemm"]["1"]["gflops"] > 0
-    chk = res["findings"]["graph_checks"]["mobileone_s0_fused_float32"]
-    assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
-    assert chk["conv_ops"] == chk["expected_conv_ops"]
-    assert "| mobileone_s0 | fused | tflite-float32 | 1 |" in (tmp_path / "r.md").read_text()
+    for kind in ("float32", "bare"):
+        chk = res["findings"]["graph_checks"][f"mobileone_s0_fused_{kind}"]
+        assert chk["pad_ops"] == chk["expected_pad_ops"] == 5
+        assert chk["conv_ops"] == chk["expected_conv_ops"]
+        assert chk["add_ops"] == chk["expected_add_ops"] and chk["mul_ops"] == 0
+        assert chk["delegate_partitions"] == 1 and chk["all_delegated"]
+    (files,) = res["findings"]["tflite_files"]
+    assert files["default_over_bare"] > 0
+    md = (tmp_path / "r.md").read_text()
+    assert "| mobileone_s0 | fused | tflite-float32 | 1 |" in md and "default / bare" in md
 
 
 def test_torch_latency_reports_rounds_and_noise():

@@ -394,3 +394,19 @@ def test_image_batches_spread_over_folder(generated):
     picks = [paths[i] for i in np.linspace(0, len(paths) - 1, 6).astype(int)]
     np.testing.assert_array_equal(batches[-1][-1], data.load_image(picks[-1], 64))
     assert list(data.image_batches(folder, 64, batch_size=len(paths) + 1, max_batches=1)) == []
+
+
+def test_list_images_follows_symlinked_folders_once(tmp_path):
+    """A data folder linked into place is listed; a link loop or a second link
+    to the same folder lists nothing twice."""
+    real = tmp_path / "real" / "class_a"
+    real.mkdir(parents=True)
+    for name in ("1.jpg", "2.png", "notes.txt"):
+        (real / name).write_bytes(b"x")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "images").symlink_to(tmp_path / "real", target_is_directory=True)
+    (top / "again").symlink_to(tmp_path / "real", target_is_directory=True)
+    (real / "loop").symlink_to(top, target_is_directory=True)
+    found = data.list_images(top)
+    assert [os.path.basename(p) for p in found] == ["1.jpg", "2.png"]

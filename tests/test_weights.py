@@ -1,14 +1,13 @@
 """``weights="imagenet"`` resolution (cache -> mirror -> download) and class names."""
 
+import csv
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 from mobileone_tf import models, weights
-from mobileone_tf.models import labels
 from mobileone_tf.weights import download
 from tests.conftest import require_shared
 
@@ -94,28 +93,24 @@ def test_wrong_sha256_is_refused(fresh_home, tmp_path, monkeypatch):
     assert not os.listdir(fresh_home / "models" / "mobileone_tf")
 
 
-def test_class_index_from_mirror_csv(fresh_home, tmp_path, monkeypatch):
+def test_packaged_class_index_matches_the_reference_list(fresh_home, monkeypatch):
+    """The packaged index equals the independent class list of ../shared/data
+    (index, synset; name = the first lemma, Keras style), needs no network and
+    no mirror."""
     shared_data = require_shared("imagenet_classes.csv")
-    folder = tmp_path / "classes"
-    folder.mkdir()
-    shutil.copy(shared_data / "imagenet_classes.csv", folder / "imagenet_classes.csv")
-    with pytest.raises(FileNotFoundError, match="imagenet_classes.csv"):
-        models.imagenet_class_index()
-    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
+    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
     index = models.imagenet_class_index()
-    assert len(index) == 1000
-    assert index[0] == ("n01440764", "tench")
-    assert index[1] == ("n01443537", "goldfish")
-    assert all(" " not in name for _, name in index)
-    # cached under mobileone_tf's own name, never under Keras' own file name
-    assert not (fresh_home / "models" / labels.CLASS_INDEX_FILE).exists()
-    own = fresh_home / "models" / "mobileone_tf" / labels.OWN_CLASS_INDEX_FILE
-    assert os.stat(own).st_mode & 0o777 == _umask_mode()
-    monkeypatch.delenv(weights.ENV_MIRROR)
-    assert models.imagenet_class_index() == index
+    with open(shared_data / "imagenet_classes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(index) == len(rows) == 1000
+    for (synset, name), row in zip(index, rows):
+        assert synset == row["synset"]
+        assert name == row["name"].split(",")[0].strip().replace(" ", "_")
+    assert index[0] == ("n01440764", "tench") and index[285] == ("n02124075", "Egyptian_cat")
     assert models.imagenet_synset_to_index()["n01443537"] == 1
     decoded = models.decode_predictions(np.eye(1000, dtype="float32")[[1]], top=1)
     assert decoded[0][0][:2] == ("n01443537", "goldfish")
+    assert not os.listdir(fresh_home)  # nothing downloaded or cached
 
 
 def test_manifest_matches_code():
@@ -129,11 +124,6 @@ def test_manifest_matches_code():
 def test_decode_predictions_semantics(fresh_home, tmp_path, monkeypatch):
     """keras.applications semantics: (synset, name, score), best first, one
     list per image; (batch, 1000) only."""
-    shared_data = require_shared("imagenet_classes.csv")
-    folder = tmp_path / "classes"
-    folder.mkdir()
-    shutil.copy(shared_data / "imagenet_classes.csv", folder / "imagenet_classes.csv")
-    monkeypatch.setenv(weights.ENV_MIRROR, str(folder))
     preds = np.random.default_rng(1).random((3, 1000)).astype("float32")
     decoded = models.decode_predictions(preds, top=4)
     index = models.imagenet_class_index()

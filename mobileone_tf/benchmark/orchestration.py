@@ -135,10 +135,11 @@ def run(config: dict) -> dict:
 
 def _jobs(cfg) -> list:
     q = tuple(cfg["quantizations"])
+    plain = tuple(x for x in q if x not in workers.MOBILEONE_ONLY) or ("float32",)
     if cfg["study"] == "activations":
-        return [workers.Job(f"study_{a}", quantizations=q) for a in zoo.STUDY_ACTIVATIONS]
+        return [workers.Job(f"study_{a}", quantizations=plain) for a in zoo.STUDY_ACTIVATIONS]
     if cfg["study"] == "blocks":
-        return [workers.Job(f"study_{b}", quantizations=q) for b in zoo.STUDY_BLOCKS]
+        return [workers.Job(f"study_{b}", quantizations=plain) for b in zoo.STUDY_BLOCKS]
     if cfg["models"]:
         names = list(cfg["models"])
     else:
@@ -148,11 +149,11 @@ def _jobs(cfg) -> list:
     jobs = []
     for name in names:
         if not name.startswith("mobileone_"):
-            jobs.append(workers.Job(name, quantizations=q))
+            jobs.append(workers.Job(name, quantizations=plain))
             continue
         for form in cfg["forms"]:
             jobs.append(workers.Job(name, form, quantizations=q if form == "fused" else
-                                    tuple(x for x in q if x == "float32") or q[:1]))
+                                    tuple(x for x in q if x == "float32") or plain[:1]))
     return jobs
 
 

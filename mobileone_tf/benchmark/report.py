@@ -17,7 +17,8 @@ import warnings
 
 from mobileone_tf import fileio
 
-PEAK_RUNTIMES = ("tflite-float32", "tflite-float16", "keras", "onnx", "torch")
+PEAK_RUNTIMES = ("tflite-float32", "tflite-float16", "tflite-bare", "tflite-unfolded", "keras",
+                 "onnx", "torch")
 """Runtimes computing in floating point, whose GFLOP/s is compared with the
 float32 GEMM peak (int8 rows get no peak ratio)."""
 
@@ -25,7 +26,12 @@ TABLE_COLUMNS = ("model", "form", "runtime", "threads", "median_ms", "p90_ms", "
                  "params_m", "macs_m", "file_mb", "gflops", "peak_pct", "top1")
 TABLE_HEADER = ("model", "form", "runtime", "threads", "median (ms)", "p90 (ms)", "noise (%)",
                 "params (M)", "MACs (M)", "file (MB)", "GFLOP/s", "% GEMM peak", "top-1 (%)")
-SUMMARY_RUNTIMES = ("keras", "tflite-float32", "tflite-float16", "tflite-int8", "onnx", "torch")
+SUMMARY_RUNTIMES = ("keras", "tflite-bare", "tflite-unfolded", "tflite-float32", "tflite-float16",
+                    "tflite-int8", "onnx", "torch")
+FILE_COLUMNS = (("bare", "tflite-bare"), ("default", "tflite-float32"),
+                ("unfolded", "tflite-unfolded"), ("float16", "tflite-float16"),
+                ("int8", "tflite-int8"))
+"""The TFLite files compared side by side (:func:`tflite_files`): name, runtime."""
 ONE_DECIMAL = ("macs_m", "top1", "gflops", "peak_pct", "noise_pct")
 
 
@@ -83,10 +89,11 @@ def correlations(rows) -> dict:
     return out
 
 
-def _graph_check(variant: str, graph: dict) -> dict:
+def _graph_check(variant: str, graph: dict, kind: str = "float32") -> dict:
     """Op counts of a fused MobileOne TFLite graph against what a minimal
     graph has: one PAD per stride-2 conv, one conv per block plus the two SE
-    convs, the input Rescaling's one MUL + one ADD, plus one MUL per SE."""
+    convs, one MUL per SE; the input normalization adds one ADD (folded:
+    every export but ``bare``) and one MUL (``unfolded`` only)."""
     from mobileone_tf.variants import block_specs
     specs = block_specs(variant)
     ops = graph["ops"]
@@ -95,10 +102,42 @@ def _graph_check(variant: str, graph: dict) -> dict:
             "expected_pad_ops": sum(1 for s in specs if s.strides == 2),
             "conv_ops": ops.get("CONV_2D", 0) + ops.get("DEPTHWISE_CONV_2D", 0),
             "expected_conv_ops": len(specs) + 2 * se,
-            "add_ops": ops.get("ADD", 0), "expected_add_ops": 1,
-            "mul_ops": ops.get("MUL", 0), "expected_mul_ops": se + 1,
+            "add_ops": ops.get("ADD", 0), "expected_add_ops": int(kind != "bare"),
+            "mul_ops": ops.get("MUL", 0), "expected_mul_ops": se + (kind == "unfolded"),
             "all_delegated": graph["all_delegated"], "undelegated": graph["undelegated_ops"],
             "delegate_partitions": graph["delegate_partitions"]}
+
+
+def tflite_files(rows) -> list:
+    """The TFLite files of each fused MobileOne side by side, per thread
+    count: median latency (ms) of ``bare``, ``default`` (the export),
+    ``unfolded``, ``float16`` and ``int8`` (the runtimes of
+    :data:`FILE_COLUMNS`), timed in the same interleaved rounds, and the
+    ratios ``default / bare`` (what the export's input normalization and
+    softmax cost; goal <= 1.02), ``unfolded / bare`` (the same before
+    issue 13), ``float16 / default`` and ``default / int8`` (int8 speed-up).
+
+    Returns:
+        ``[{"model", "threads", "<name>_ms"..., "default_over_bare",
+        "unfolded_over_bare", "float16_over_default", "int8_speedup"}]``
+        (a ratio is ``None`` when a file is missing); models with neither a
+        bare nor an int8 row are left out.
+    """
+    idx = {(r["model"], r["runtime"], r["threads"]): r["median_ms"] for r in rows
+           if r.get("form") == "fused" and r.get("median_ms")}
+    out = []
+    for model, threads in sorted({(m, t) for m, _, t in idx}):
+        ms = {name: idx.get((model, rt, threads)) for name, rt in FILE_COLUMNS}
+        if ms["bare"] is None and ms["int8"] is None:
+            continue
+        ratios = {key: ms[a] / ms[b] if ms[a] and ms[b] else None
+                  for key, (a, b) in (("default_over_bare", ("default", "bare")),
+                                      ("unfolded_over_bare", ("unfolded", "bare")),
+                                      ("float16_over_default", ("float16", "default")),
+                                      ("int8_speedup", ("default", "int8")))}
+        out.append({"model": model, "threads": threads,
+                    **{f"{k}_ms": v for k, v in ms.items()}, **ratios})
+    return out
 
 
 def findings(result: dict) -> dict:
@@ -109,10 +148,12 @@ def findings(result: dict) -> dict:
     Returns:
         ``{"fused_speedup": [{"model", "runtime", "threads", "speedup"}],
         "int8_vs_float32": [{"model", "threads", "speedup"}],
-        "graph_checks": {"<model>_fused_<quant>": {...}}}``.
+        "graph_checks": {"<model>_fused_<quant>": {...}}, "tflite_files":
+        [...]}`` (:func:`tflite_files`).
     """
     idx = {(r["model"], r["form"], r["runtime"], r["threads"]): r for r in result["rows"]}
-    f = {"fused_speedup": [], "int8_vs_float32": [], "graph_checks": {}}
+    f = {"fused_speedup": [], "int8_vs_float32": [], "graph_checks": {},
+         "tflite_files": tflite_files(result["rows"])}
     for (m, form, rt, th), r in idx.items():
         if form == "fused" and (m, "branched", rt, th) in idx:
             b = idx[(m, "branched", rt, th)]
@@ -124,7 +165,7 @@ def findings(result: dict) -> dict:
                                          "speedup": fl["median_ms"] / r["median_ms"]})
     for key, g in result.get("graphs", {}).items():
         if key.startswith("mobileone_") and "_fused_" in key:
-            f["graph_checks"][key] = _graph_check(key.split("_")[1], g)
+            f["graph_checks"][key] = _graph_check(key.split("_")[1], g, key.rsplit("_", 1)[1])
     return f
 
 
@@ -186,6 +227,19 @@ def _findings_lines(result: dict) -> list:
     if f.get("int8_vs_float32"):
         lines += ["", "TFLite int8 vs float32 speed-up: " + "; ".join(
             f"{s['model']}@{s['threads']}: {s['speedup']:.2f}x" for s in f["int8_vs_float32"])]
+    if f.get("tflite_files"):
+        head = (["model", "threads"] + [f"{n} (ms)" for n, _ in FILE_COLUMNS]
+                + ["default / bare", "unfolded / bare", "float16 / default",
+                   "int8 speed-up"])
+        keys = ("default_over_bare", "unfolded_over_bare", "float16_over_default",
+                "int8_speedup")
+        lines += ["", ("TFLite files side by side (same process, interleaved rounds; default = "
+                       "the export, bare = the network alone, unfolded = the export before "
+                       "issue 13):"), ""] + _table(head, [
+            [t["model"], t["threads"]]
+            + [f"{t[n + '_ms']:.2f}" if t[n + "_ms"] else "-" for n, _ in FILE_COLUMNS]
+            + [f"{t[k]:.3f}" if t[k] else "-" for k in keys]
+            for t in f["tflite_files"]])
     if f.get("graph_checks"):
         head = ("fused TFLite graph", "PAD (expected)", "conv ops (expected)", "ADD (expected)",
                 "MUL (expected)", "XNNPACK partitions", "all ops delegated")

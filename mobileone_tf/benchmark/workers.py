@@ -28,7 +28,14 @@ import numpy as np
 from mobileone_tf import fileio
 from mobileone_tf.benchmark import macs, machine, stats, zoo
 
-TFLITE_QUANTIZATIONS = ("float32", "float16", "int8")
+TFLITE_QUANTIZATIONS = ("float32", "float16", "int8", "bare", "unfolded")
+"""The TFLite files a worker can time (runtime ``tflite-<name>``): the default
+float32 export (input normalization folded into the stem convolution,
+softmax at the end), float16 weights, full-integer int8 (float32 I/O), and
+for a MobileOne two float32 references of the same weights: ``bare`` (the
+network alone: no input normalization, logits) and ``unfolded`` (the default
+export before issue 13: the normalization as one MUL + one ADD)."""
+MOBILEONE_ONLY = ("bare", "unfolded")
 TF_RUNTIMES = ("keras", "tflite", "onnx")
 TRAIN_BATCH = 32
 CALIBRATION_ENV = "MOBILEONE_BENCH_CALIBRATION"
@@ -68,7 +75,7 @@ def convert(model, path, runtime: str, quantize: str = "float32") -> str:
             full-integer with float32 I/O, calibrated on the images of
             ``$MOBILEONE_BENCH_CALIBRATION`` (a fused MobileOne is then
             equalized first, as the exporter does by default) or on 8
-            uniform random images.
+            uniform random images. ``bare`` / ``unfolded``: MobileOne only.
 
     Returns:
         ``path`` (batch fixed to 1).
@@ -84,10 +91,13 @@ def convert(model, path, runtime: str, quantize: str = "float32") -> str:
         raise ValueError(f"quantize must be one of {TFLITE_QUANTIZATIONS}, got {quantize!r}")
     folder = os.environ.get(CALIBRATION_ENV) if quantize == "int8" else None
     calibration = folder or (random_images(8, size) if quantize == "int8" else None)
+    if quantize == "bare":
+        model = zoo.bare_model(model)
     # equalization only with real calibration images (it changes no op)
-    export.to_tflite(model, str(path), quantize="none" if quantize == "float32" else quantize,
-                     calibration_data=calibration, calibration_steps=8,
-                     equalize=bool(folder), **common)
+    export.to_tflite(model, str(path), quantize=quantize if quantize in ("float16", "int8")
+                     else "none", calibration_data=calibration, calibration_steps=8,
+                     equalize=bool(folder), fold=quantize != "unfolded", metadata=False,
+                     **common)
     return str(path)
 
 

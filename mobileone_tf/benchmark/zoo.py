@@ -83,6 +83,27 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
                      f"{', '.join(BASELINES)} or study_<activation|block>.")
 
 
+def bare_model(model):
+    """The network of a MobileOne without its conveniences: the same weights,
+    no input normalization (takes normalized input) and logits (no softmax):
+    the graph the default export is measured against (issue 13).
+
+    Raises:
+        ValueError: ``model`` is not a MobileOne with a classifier top.
+    """
+    from mobileone_tf.models import MobileOne, model_info
+    info = model_info(model)
+    if not info["include_top"]:
+        raise ValueError(f"{model.name}: the bare graph needs a classifier top")
+    bare = MobileOne(info["variant"], weights=None, input_shape=tuple(info["input_shape"]),
+                     include_preprocessing=False, classifier_activation=None,
+                     classes=info["classes"], fused=info["fused"], name=f"{model.name}_bare")
+    for layer in bare.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return bare
+
+
 def top1(name: str):
     """Published ImageNet top-1 (%): Apple's for MobileOne (the variant
     table), Keras' for the baselines, ``None`` otherwise."""

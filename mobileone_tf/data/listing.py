@@ -38,8 +38,13 @@ def is_image_file(name) -> bool:
 
 def _walk_images(folder):
     """Image files under ``folder``, recursive, sorted by folder then name."""
-    paths = []
-    for root, dirs, files in os.walk(folder):
+    paths, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):  # symlinked data folders too
+        real = os.path.realpath(root)
+        if real in seen:  # a link loop, or a second link to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         paths.extend(os.path.join(root, n) for n in sorted(files) if is_image_file(n))
     return paths

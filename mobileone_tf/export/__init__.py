@@ -10,14 +10,15 @@ checks the file against the fused Keras model before moving it into place.
 Tensor contract of the exported files (the defaults of :func:`mobileone_tf.MobileOne`):
 
 * input ``"image"``: float32 NHWC ``(batch, H, W, 3)``, RGB 0..255; the
-  ImageNet normalization ``(x / 255 - mean) / std`` is part of the graph (the
-  "preprocessing" Rescaling layer: one MUL and one ADD at the input). It is
-  kept rather than folded into the stem convolution because the stem pads
-  with zeros *after* normalization: folding would change the border pixels.
-  int8 TFLite with ``int8_io`` takes int8 (or uint8) with the tensor's
-  scale / zero point (see :func:`to_tflite`).
+  ImageNet normalization ``(x / 255 - mean) / std`` is part of the graph,
+  folded into the stem convolution exactly (border pixels included): one ADD
+  of ``-255 * mean`` at the input, the ``1 / (255 std)`` scale in the stem
+  kernel (:func:`mobileone_tf.export.prepare.fold_input_normalization`;
+  ``fold=False`` keeps the MUL + ADD). int8 TFLite with ``int8_io`` takes
+  int8 (or uint8) with the tensor's scale / zero point (see :func:`to_tflite`).
 * output ``"probabilities"`` (softmax top), ``"logits"`` (top without
-  activation) or ``"features"`` (no top): float32 ``(batch, classes)``.
+  activation, or ``outputs="logits"``) or ``"features"`` (no top): float32
+  ``(batch, classes)``.
   Core ML classifiers output ``classLabel`` (string) and ``classLabelProbs``
   (class name -> probability).
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mobileone_tf.export import coreml, onnx, saved_model, tflite
 from mobileone_tf.export.common import FORMATS, ExportError
+from mobileone_tf.export.prepare import OUTPUTS
 
 EXPORTERS = {"tflite": tflite.to_tflite, "coreml": coreml.to_coreml, "onnx": onnx.to_onnx,
              "saved_model": saved_model.to_saved_model}
@@ -22,13 +23,15 @@ def _exporter(format):
 
 def check_options(format, output, **kwargs):
     """The argument checks ``to_{format}`` makes before touching the model
-    (mode, output path, format options; a calibration folder must exist);
-    returns the output path.
+    (mode, output path, format options; a calibration folder must exist;
+    ``outputs``); returns the output path.
 
     Raises:
         ExportError: unknown format or a bad argument.
     """
     _exporter(format)
+    if kwargs.get("outputs") not in (None,) + OUTPUTS:
+        raise ExportError(f"outputs must be one of {OUTPUTS}; got {kwargs['outputs']!r}")
     return _CHECKS[format](output, **kwargs)
 
 

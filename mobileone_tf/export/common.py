@@ -169,6 +169,11 @@ def format_report(report):
                          f"{t.get('shape')}{extra}")
     if report.get("ops"):
         lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items())))
+    if report.get("xnnpack"):
+        x = report["xnnpack"]
+        lines.append(f"  XNNPACK: {x['partitions']} partition(s), "
+                     + ("every op delegated" if x["all_delegated"] else "some ops outside")
+                     + f"; input normalization: {report.get('normalization')}")
     v = report.get("verification")
     if v:
         if "max_abs_diff" in v:
@@ -181,4 +186,8 @@ def format_report(report):
                                                   for k, ok in v.items()))
     if report.get("labels"):
         lines.append(f"  labels: {report['labels']} ({report.get('labels_source')})")
+    m = report.get("metadata")
+    if m:
+        lines.append(f"  metadata: {m['name']} {m['version']}, normalization mean {m['mean']} "
+                     f"std {m['std']}, labels {m['labels']} (MediaPipe / Android Studio)")
     return "\n".join(lines)

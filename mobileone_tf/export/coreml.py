@@ -116,7 +116,8 @@ def _verify(job, staged, check_weights):
 def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, fuse=True,
               overwrite=False, verify=True, verify_data=None, report_path=None,
               class_names=None, minimum_deployment_target="iOS16", author=AUTHOR,
-              license=DEFAULT_LICENSE, version=None, description=None):
+              license=DEFAULT_LICENSE, version=None, description=None, outputs=None,
+              fold=True):
     """Exports a Core ML ML program (``.mlpackage``).
 
     Args:
@@ -129,6 +130,8 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
         class_names: classifier labels (default: ImageNet names for 1000
             classes, else indices).
         author, license, version, description: metadata.
+        outputs, fold: see :func:`.prepare.prepare_model` (the ImageType
+            keeps scale 1 / bias 0: the input offset is the model's first op).
         verify: runs :func:`check_coreml` (spec-level checks; Linux cannot
             run Core ML); ``verify_data`` is not used.
         others: see :func:`.tflite.to_tflite`.
@@ -147,7 +150,7 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
     if target is None:
         raise ExportError(f"Unknown minimum_deployment_target {minimum_deployment_target!r}")
     job = start("coreml", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
-                input_size=input_size, names=class_names)
+                input_size=input_size, names=class_names, outputs=outputs, fold=fold)
     mlmodel = _convert(ct, job.fixed, job.labels, quantize, target)
     mlmodel = _compress(ct, _rename_outputs(ct, mlmodel, job.labels is not None), quantize)
     _describe(mlmodel, job, {"author": author, "license": license, "version": version,
@@ -207,8 +210,9 @@ def check_coreml(path, keras_model=None, class_names=None, check_weights=True):
     ops = _mil_ops(spec)
     op_types = dict(collections.Counter(op.type for op in ops if op.type != "const"))
     checks["no_batch_norm"] = "batch_norm" not in op_types
-    # ImageType scale 1 / bias 0: the first non-const op must be the model's
-    # own normalization (cast/mul by 1/(255*std)), with no extra scale/bias op.
+    # ImageType scale 1 / bias 0: the first non-const ops must be the model's
+    # own normalization (folded: one add of -255*mean, the scale in the stem
+    # conv; fold=False: mul by 1/(255*std), add), with no extra scale/bias op.
     first = [op.type for op in ops if op.type != "const"][:3]
     checks["image_scale_1_bias_0"] = first.count("mul") <= 1 and "sub" not in first and \
         first.count("add") <= 1
@@ -258,7 +262,8 @@ def verify_coreml(path, variant="s0", *, weights="imagenet", images=None, num_im
 
     Everywhere: :func:`check_coreml` with the package's own labels, and (with
     ``weights``) the conv weights of ``MobileOne(variant, weights)`` fused at
-    the package's input size. macOS only: also ``MLModel.predict`` on
+    the package's input size (input normalization folded as the exporter
+    does, or not: a package exported with ``fold=False``). macOS only: also ``MLModel.predict`` on
     ``num_images`` images (folder ``images`` or generated) compared with the
     Keras outputs (:func:`.verify.compare`, strict, tolerance
     ``rtol * max|output|``: Core ML computes in float16).
@@ -287,6 +292,12 @@ def verify_coreml(path, variant="s0", *, weights="imagenet", images=None, num_im
     labels = runtime.classifier_labels(spec) if spec.description.predictedFeatureName else None
     result = check_coreml(path, keras_model=model, class_names=labels,
                           check_weights=model is not None)
+    if result["checks"].get("conv_weights_fp16_equal") is False:  # exported with fold=False
+        unfolded = check_coreml(path, keras_model=prepare.prepare_model(
+            models.MobileOne(variant, weights=weights, input_shape=(None, None, 3)),
+            input_size=h, fold=False), class_names=labels)
+        result["checks"]["conv_weights_fp16_equal"] = unfolded["checks"][
+            "conv_weights_fp16_equal"]
     passed = all(result["checks"].values())
     if sys.platform == "darwin" and model is not None:
         batch = verification_images(images, h, num_images)

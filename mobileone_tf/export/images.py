@@ -82,10 +82,10 @@ def sample_images(source, size, n, what="images"):
     if isinstance(source, (str, os.PathLike)):
         return folder_images(os.fspath(source), size, n)
     images = np.asarray(source, np.float32)[:int(n)]
-    side = _side(size)
-    if images.shape[1:3] != (side, side):
+    h, w = (size, size) if np.isscalar(size) else tuple(size)
+    if images.shape[1:3] != (h, w):
         raise ExportError(f"{what} has images of size {images.shape[1:3]}; the export "
-                          f"input is {side}x{side}")
+                          f"input is {h}x{w}")
     return images
 
 

@@ -16,7 +16,10 @@ class ExportJob:
 
     Attributes:
         output: checked output path (:func:`.common.check_output`).
-        fixed: the prepared model (:func:`.prepare.prepare_model`).
+        fixed: the prepared model the file is converted from
+            (:func:`.prepare.prepare_model`; input normalization folded).
+        reference: the same function unfolded (the fused Keras model at the
+            export size), which verification compares the file with.
         labels: class names for ``labels.txt`` / the Core ML classifier
             (``None`` for a features model or when not wanted).
         report: the report dict (``format``, ``model``, ``form``, ``fused``,
@@ -24,9 +27,11 @@ class ExportJob:
             ``labels_source``, then what the format adds).
     """
 
-    def __init__(self, fmt, output, fixed, quantize, fuse, labels=None, labels_source=None):
+    def __init__(self, fmt, output, fixed, quantize, fuse, labels=None, labels_source=None,
+                 reference=None):
         from mobileone_tf import models
         self.output, self.fixed, self.labels = output, fixed, labels
+        self.reference = fixed if reference is None else reference
         self.report = {"format": fmt, "model": fixed.name, "form": models.model_form(fixed),
                        "fused": bool(fuse), "quantize": quantize,
                        "batch_size": int(fixed.input.shape[0]),
@@ -46,7 +51,8 @@ class ExportJob:
         """Verifies the staged file (:func:`.verify.verify_file`, when
         ``verify``), then installs it; returns ``(path, report)``."""
         if verify:
-            self.report["verification"] = verify_file(self.fixed, staged, verify_data, strict)
+            self.report["verification"] = verify_file(self.reference, staged, verify_data,
+                                                      strict)
         return self.install(staged, report_path, write_labels)
 
     def install(self, staged, report_path=None, write_labels=True):
@@ -72,11 +78,16 @@ class ExportJob:
 
 
 def start(fmt, model, output, *, quantize, fuse, batch_size, input_size, names=None,
-          labels=True):
+          labels=True, outputs=None, fold=True):
     """The :class:`ExportJob` of ``model`` (prepared with
-    :func:`.prepare.prepare_model`) to an already checked ``output``; with
+    :func:`.prepare.prepare_model`: ``outputs``, then the input normalization
+    folded unless ``fold=False``) to an already checked ``output``; with
     ``labels``, the class names of :func:`.prepare.class_names` (``names``
     or ImageNet's or indices) go with it."""
-    fixed = prepare.prepare_model(model, fuse, batch_size, input_size)
+    reference = prepare.prepare_model(model, fuse, batch_size, input_size, outputs=outputs,
+                                      fold=False)
+    fixed = prepare.fold_input_normalization(reference) if fold else reference
     label_list, source = prepare.class_names(fixed, names) if labels else (None, None)
-    return ExportJob(fmt, output, fixed, quantize, fuse, label_list, source)
+    job = ExportJob(fmt, output, fixed, quantize, fuse, label_list, source, reference)
+    job.report["normalization"] = prepare.normalization_form(fixed)
+    return job

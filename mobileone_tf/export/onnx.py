@@ -37,7 +37,7 @@ def onnx_proto(fixed, opset=17):
 
 def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
             overwrite=False, verify=True, verify_data=None, report_path=None,
-            class_names=None, quantize="none"):
+            class_names=None, quantize="none", outputs=None, fold=True):
     """Exports ONNX with ``tf2onnx`` (static batch; ``labels.txt`` beside it).
 
     Input ``"image"`` float32 NHWC ``(B, H, W, 3)`` RGB 0..255; output
@@ -50,6 +50,7 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
         opset: ONNX opset (tf2onnx 1.17 supports 9..18; default 17).
         verify: compare with the fused Keras model in onnxruntime (CPU),
             strict (``verify=False`` skips, e.g. for benchmark files).
+        outputs, fold: see :func:`.prepare.prepare_model`.
         others: see :func:`.tflite.to_tflite`.
 
     Returns:
@@ -62,7 +63,7 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
     import onnx
     output = check_options(output, quantize=quantize, overwrite=overwrite, opset=opset)
     job = start("onnx", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
-                input_size=input_size, names=class_names)
+                input_size=input_size, names=class_names, outputs=outputs, fold=fold)
     job.report["opset"] = int(opset)
     with staging(output) as tmp:
         staged = os.path.join(tmp, "model.onnx")

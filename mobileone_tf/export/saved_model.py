@@ -36,7 +36,7 @@ def check_options(output, *, quantize="none", overwrite=False, **_):
 
 def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
                    overwrite=False, verify=True, verify_data=None, report_path=None,
-                   quantize="none"):
+                   quantize="none", outputs=None, fold=True):
     """Exports a TensorFlow SavedModel (``serving_default`` signature).
 
     Args:
@@ -49,6 +49,7 @@ def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
             verification (default: 8 generated images).
         report_path: also write the report as JSON there.
         quantize: ``"none"`` only.
+        outputs, fold: see :func:`.prepare.prepare_model`.
 
     Returns:
         ``(path, report)``.
@@ -58,7 +59,8 @@ def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
     """
     output = check_options(output, quantize=quantize, overwrite=overwrite)
     job = start("saved_model", model, output, quantize=quantize, fuse=fuse,
-                batch_size=batch_size, input_size=input_size, labels=False)
+                batch_size=batch_size, input_size=input_size, labels=False, outputs=outputs,
+                fold=fold)
     with staging(output) as tmp:
         staged = os.path.join(tmp, "saved_model")
         write_saved_model(job.fixed, staged)

@@ -22,7 +22,8 @@ def compare(reference, outputs, strict, rtol=RTOL):
     """Compares exported outputs with the Keras reference.
 
     Args:
-        reference, outputs: ``(N, classes)`` arrays.
+        reference, outputs: ``(N, classes)`` arrays, or ``(N, H, W, classes)``
+            per-pixel scores (agreement is then per pixel, for the report).
         strict: whether the comparison decides (``passed`` is ``None`` otherwise).
         rtol: tolerance relative to ``max|reference|``.
 
@@ -37,7 +38,9 @@ def compare(reference, outputs, strict, rtol=RTOL):
     ref_max = float(np.abs(reference).max())
     agree = float(np.mean(reference.argmax(-1) == outputs.argmax(-1)))
     tol = rtol * ref_max
-    passed = diff <= tol and agree == 1.0
+    # dense outputs (per-pixel logits): an argmax can flip only where the top
+    # two scores are within 2 * diff, so the tolerance alone decides
+    passed = diff <= tol and (agree == 1.0 or reference.ndim > 2)
     return {"num_images": int(len(reference)), "max_abs_diff": diff,
             "max_abs_reference": ref_max, "rel_max_diff": diff / max(ref_max, 1e-12),
             "top1_agreement": agree, "tolerance": tol, "strict": strict,

@@ -1,0 +1,259 @@
+"""TFLite metadata (the tables of TFLite's ``metadata_schema.fbs``) for the
+exported ``.tflite`` files, so that MediaPipe Tasks (``ImageClassifier``,
+``ImageEmbedder``) and Android Studio's ML Model Binding take the file as is.
+
+What goes in (:func:`tflite_spec`): model name, version
+(``mobileone_tf.__version__``), description (variant, input and output
+contract), author and licence (:data:`.common.AUTHOR`,
+:data:`.common.DEFAULT_LICENSE`); the input's ``ImageProperties`` (RGB) and
+``NormalizationOptions``; for a classifier, the class names as an associated
+``TENSOR_AXIS_LABELS`` file ``labels.txt`` and no score calibration.
+
+``NormalizationOptions`` state the float contract of the input tensor
+(``(pixel - mean) / std``, pixels 0..255): mean 0, std 1 when the model
+normalizes inside (the default), ``255 * ImageNet mean / std`` per channel
+with ``include_preprocessing=False``. A quantized (int8/uint8) input carries
+the same values as its float model: per the schema, a client normalizes,
+then quantizes with the tensor's scale / zero point. For a uint8 input whose
+quantization is ``(1.0, 0)`` with normalization inside (``int8_io="uint8"``
+on a MobileOne) that is the identity, so raw camera pixels are the tensor
+(what MediaPipe feeds a uint8 model); :func:`tflite_spec` reports
+``raw_pixel_input``.
+
+MediaPipe (the writer and the reader) runs in a subprocess
+(``python -m mobileone_tf.export.metadata_worker``) with ``PYTHONPATH`` set
+to a folder holding ``mediapipe`` and absl-py 2.x (:func:`mediapipe_dir`):
+the main environment pins absl-py 1.4.0 for TFMOT. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+
+from mobileone_tf.export.common import AUTHOR, DEFAULT_LICENSE, ExportError
+
+ENV_DIR = "MOBILEONE_TF_MEDIAPIPE_DIR"
+MEDIAPIPE_VERSION = "1.2.2"
+REQUIREMENTS = (f"mediapipe=={MEDIAPIPE_VERSION}", "absl-py==2.3.1", "flatbuffers==25.9.23")
+"""Installed with ``--no-deps``: the writer and the Tasks image classifier and
+embedder need nothing else that the main environment lacks (numpy,
+matplotlib and certifi come with this package's own requirements; OpenCV,
+used only by MediaPipe's drawing utilities, is stubbed by the worker)."""
+WORKER = "mobileone_tf.export.metadata_worker"
+LABELS_FILE = "labels.txt"
+INSTALL_TIMEOUT_S = 600
+
+
+def default_dir() -> str:
+    """``<Keras cache>/mobileone_tf/mediapipe-<version>`` (``$KERAS_HOME`` or ``~/.keras``)."""
+    from mobileone_tf.weights import download
+    return os.path.join(download.keras_cache_dir(), "mobileone_tf",
+                        f"mediapipe-{MEDIAPIPE_VERSION}")
+
+
+def install_command(folder) -> str:
+    """The pip command that installs MediaPipe's metadata writer into ``folder``."""
+    return shlex.join([sys.executable, "-m", "pip", "install", "--no-deps", "--target",
+                       str(folder), *REQUIREMENTS])
+
+
+def _installed(folder) -> bool:
+    return os.path.isfile(os.path.join(folder, "mediapipe", "__init__.py"))
+
+
+def mediapipe_dir(install=True) -> str:
+    """The folder that holds ``mediapipe`` for the worker: ``$MOBILEONE_TF_MEDIAPIPE_DIR``
+    when set, else :func:`default_dir`; installed there on first use (pip,
+    ``--no-deps``, about 45 MB download, 130 MB on disk; a message on stderr)
+    when ``install``.
+
+    Raises:
+        ExportError: not installed and ``install`` is False, or pip failed
+            (the message gives the pip command and ``--nometadata``).
+    """
+    folder = os.path.abspath(os.path.expanduser(os.environ.get(ENV_DIR) or default_dir()))
+    if _installed(folder):
+        return folder
+    hint = (f"install it with `{install_command(folder)}`"
+            + ("" if os.environ.get(ENV_DIR) else f" (or set {ENV_DIR} to a folder holding it)")
+            + ", or skip the metadata with metadata=False (--nometadata)")
+    if not install:
+        raise ExportError(f"MediaPipe's metadata writer is not installed in {folder}: {hint}")
+    parent = os.path.dirname(folder)
+    staging = os.path.join(parent, f".{os.path.basename(folder)}.tmp-{uuid.uuid4().hex[:8]}")
+    print(f"Installing MediaPipe {MEDIAPIPE_VERSION} (TFLite metadata writer, ~45 MB) into "
+          f"{folder} ...", file=sys.stderr, flush=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
+                   "--disable-pip-version-check", "--quiet", "--retries", "1", "--timeout", "30",
+                   "--target", staging, *REQUIREMENTS]
+        proc = subprocess.run(command, check=False, capture_output=True, text=True,
+                              timeout=INSTALL_TIMEOUT_S)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip().startswith("ERROR")]
+            raise OSError((lines or proc.stderr.strip().splitlines() or ["pip failed"])[-1])
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not _installed(folder):  # not a concurrent install that won the race
+                raise
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ExportError(f"could not install MediaPipe's metadata writer into {folder} "
+                          f"({' '.join(str(e).split())}); {hint}") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def worker_env(folder) -> dict:
+    """The environment of a MediaPipe subprocess: ``folder`` first on
+    ``PYTHONPATH``, then the folder that holds this package."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [folder, package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                      if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_worker(*args, folder=None, timeout=300) -> str:
+    """Runs ``python -m mobileone_tf.export.metadata_worker ARGS``; returns its stdout.
+
+    Raises:
+        ExportError: the worker failed (its ``error:`` line).
+    """
+    folder = folder or mediapipe_dir()
+    proc = subprocess.run([sys.executable, "-m", WORKER, *map(str, args)], check=False,
+                          capture_output=True, text=True, env=worker_env(folder),
+                          timeout=timeout)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        tail = lines[-1][len("error:"):].strip() if lines else " ".join(proc.stderr.split()[-60:])
+        raise ExportError(f"TFLite metadata ({args[0]}) failed: {tail}")
+    return proc.stdout
+
+
+def read_labels(path, classes=None) -> list:
+    """Class names from a text file, one per line (blank lines at the end ignored).
+
+    Raises:
+        OSError: unreadable file.
+        ExportError: an empty name, or not ``classes`` names (both name the file).
+    """
+    with open(path, encoding="utf-8") as f:
+        names = [line.rstrip("\r\n") for line in f]
+    while names and not names[-1].strip():
+        names.pop()
+    empty = [i + 1 for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise ExportError(f"labels file {path}: line {empty[0]} is empty (one class name per line)")
+    if classes is not None and len(names) != int(classes):
+        raise ExportError(f"labels file {path} has {len(names)} names; the model has "
+                          f"{int(classes)} classes (one name per line)")
+    return names
+
+
+def _model_facts(fixed):
+    """``(title, include_preprocessing, recorded info or {})`` of a prepared model."""
+    from mobileone_tf import models
+    try:
+        info = models.model_info(fixed)
+    except ValueError:  # not a MobileOne (e.g. a benchmark baseline)
+        return fixed.name, True, {}
+    return f"MobileOne-{info['variant'].upper()}", bool(info["include_preprocessing"]), info
+
+
+def tflite_spec(fixed, labels, inputs, outputs, labels_path=None) -> dict:
+    """The metadata of a TFLite export (the worker's ``SPEC_JSON``).
+
+    Args:
+        fixed: the prepared Keras model (:func:`.prepare.prepare_model`).
+        labels: class names (``None`` for a features model).
+        inputs, outputs: :func:`mobileone_tf.runtime.tflite_io` of the file.
+        labels_path: where the worker reads the labels file from.
+    """
+    import mobileone_tf
+    from mobileone_tf import models
+    from mobileone_tf.export.prepare import output_name
+    title, inside, info = _model_facts(fixed)
+    tensor_in, tensor_out = inputs[0], outputs[0]
+    if inside:
+        mean, std = [0.0], [1.0]
+        norm_text = "ImageNet normalization inside the model"
+    else:
+        mean = [round(255.0 * m, 6) for m in models.IMAGENET_MEAN]
+        std = [round(255.0 * s, 6) for s in models.IMAGENET_STD]
+        norm_text = "normalize as (pixel - mean) / std with the NormalizationOptions"
+    dtype, (scale, zero) = tensor_in["dtype"], tensor_in.get("quantization") or (0.0, 0)
+    raw = inside and (dtype == "float32" or (dtype == "uint8" and scale == 1.0 and zero == 0))
+    if dtype != "float32":
+        norm_text += f"; quantized: q = x / {scale:g} + {zero}"
+    shape = "x".join(str(d) for d in tensor_in["shape"])
+    kind = output_name(fixed)
+    out_shape = "x".join(str(d) for d in tensor_out["shape"])
+    if labels is not None:
+        what = f"image classifier, {len(labels)} classes"
+        out_text = (("Softmax probabilities" if kind == "probabilities" else "Logits")
+                    + f" over the {len(labels)} classes of {LABELS_FILE}")
+    else:
+        what, out_text = "image feature extractor", "Image features"
+    form = ("re-parameterized for inference" if info.get("fused", True)
+            else "branched (training form)")
+    description = (f"{title} {what}, {form} (Vasu et al., MobileOne, CVPR 2023). Input "
+                   f"'{tensor_in['name']}': {shape} {dtype} RGB, pixels 0..255, {norm_text}. "
+                   f"Output '{tensor_out['name']}': {out_shape} {tensor_out['dtype']}.")
+    return {
+        "name": title, "version": mobileone_tf.__version__, "description": description,
+        "author": AUTHOR, "license": DEFAULT_LICENSE, "raw_pixel_input": bool(raw),
+        "input": {"name": tensor_in["name"], "mean": mean, "std": std,
+                  "description": f"RGB image {shape} {dtype}, pixels 0..255; {norm_text}."},
+        "output": {"name": tensor_out["name"], "probabilities": kind == "probabilities",
+                   "kind": "classification" if labels is not None else "features",
+                   "labels": labels_path if labels is not None else None,
+                   "description": f"{out_text}: {out_shape} {tensor_out['dtype']}."},
+    }
+
+
+def add_tflite_metadata(staged, fixed, labels, inputs, outputs) -> dict:
+    """Packs the metadata of :func:`tflite_spec` into the staged file
+    ``staged`` (in place, through a temporary file beside it); returns the
+    report entry (``name``, ``version``, ``mean``, ``std``, ``labels``,
+    ``raw_pixel_input``, ``mediapipe_dir``).
+
+    Raises:
+        ExportError: MediaPipe cannot be installed, or the writer failed.
+    """
+    folder = mediapipe_dir()
+    base = f"{staged}.metadata-{uuid.uuid4().hex[:8]}"
+    os.makedirs(base)
+    try:
+        labels_path = os.path.join(base, LABELS_FILE)
+        if labels is not None:
+            with open(labels_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(labels) + "\n")
+        spec = tflite_spec(fixed, labels, inputs, outputs, labels_path)
+        with open(os.path.join(base, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        packed = os.path.join(base, "model.tflite")
+        run_worker("write", staged, packed, os.path.join(base, "spec.json"), folder=folder)
+        os.replace(packed, staged)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"name": spec["name"], "version": spec["version"], "mean": spec["input"]["mean"],
+            "std": spec["input"]["std"], "labels": LABELS_FILE if labels is not None else None,
+            "raw_pixel_input": spec["raw_pixel_input"], "mediapipe_dir": folder}
+
+
+def read_tflite_metadata(path, folder=None) -> dict:
+    """``{"metadata": <JSON of the metadata or None>, "files": {name: text}}``
+    of a TFLite file, read by MediaPipe's ``MetadataDisplayer``.
+
+    Raises:
+        ExportError: MediaPipe unavailable or the file unreadable.
+    """
+    return json.loads(run_worker("read", os.path.abspath(path), folder=folder))
