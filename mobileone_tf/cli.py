@@ -106,12 +106,37 @@ def _parse_flags(argv):
         raise
 
 
-def main(fn):
+def import_tensorflow_quietly():
+    """Imports TensorFlow with the C++ start-up lines it writes straight to
+    file descriptor 2 (oneDNN notice, CUDA probing: printed before absl logging
+    is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach them) sent to
+    ``/dev/null``; Python errors still show. Does nothing when TensorFlow is
+    already imported or in debug mode (``--verbose``, ``MOBILEONE_TF_DEBUG=1``)."""
+    if "tensorflow" in sys.modules or _debug():
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+            tf.config.list_physical_devices()  # the CUDA probe logs here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def main(fn, tensorflow=True):
     """Runs ``fn(argv)`` under absl with the error convention above and exits
-    with its return value (0 when it returns ``None``)."""
+    with its return value (0 when it returns ``None``). With ``tensorflow``
+    (scripts that build models), TensorFlow is imported first, quietly
+    (:func:`import_tensorflow_quietly`), after the flags are parsed, so
+    ``--help`` stays fast."""
 
     def wrapped(argv):
         try:
+            if tensorflow:
+                import_tensorflow_quietly()
             status = fn(argv)
         except USER_ERRORS as e:
             if _debug():

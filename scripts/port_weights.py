@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.main(main)
+    cli.main(main, tensorflow=False)

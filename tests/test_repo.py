@@ -177,3 +177,13 @@ def test_script_help_imports_no_tensorflow(script):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "tensorflow" not in imported and "keras" not in imported, script
+
+
+def test_user_error_is_one_line_without_tensorflow_noise(tmp_path):
+    """A script that builds models imports TensorFlow first, quietly: a user
+    error prints exactly one ``error:`` line, no start-up logs, no traceback."""
+    missing = tmp_path / "missing.jpg"
+    proc = subprocess.run([sys.executable, "scripts/classify.py", str(missing)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: No such image file: {missing}"]
