@@ -12,6 +12,9 @@ A killed run continues from its last completed epoch with --resume (same
 --output_dir); a folder holding a finished run is never touched unless
 --overwrite (start over). The training flags and their defaults come from
 mobileone_tf.training.TrainConfig.
+Several machines: the same command on every host with --strategy multi_worker
+and that host's TF_CONFIG (--output_dir on a file system all hosts share; only
+the chief writes into it); --sync_batchnorm for small per-replica batches.
 """
 
 from absl import flags

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from mobileone_tf import models as mo_models
 from mobileone_tf import training
+from mobileone_tf.layers import MobileOneBlock
 
 
 
@@ -221,6 +222,35 @@ def test_resume_after_the_last_epoch_restores_the_backup(tmp_path):
     np.testing.assert_allclose(_call(s["fused_model"], x), _call(ref, x), atol=1e-6)
 
 
+def test_sync_batchnorm_model_keeps_weights_and_config():
+    """--sync_batchnorm: every block's BatchNorm synchronized (kept in the
+    block config), same weights, recorded MobileOne config kept; without a
+    strategy it computes what plain BatchNorm computes, in both modes; it
+    fuses like any branched model. (Statistics across workers:
+    tests/test_multiworker.py.)"""
+    keras.utils.set_random_seed(0)
+    synced = training.build_model(_tiny_config(sync_batchnorm=True), 3)
+    blocks = [layer for layer in synced.layers if isinstance(layer, MobileOneBlock)]
+    assert blocks and all(b.synchronized_bn and b.get_config()["synchronized_bn"]
+                          for b in blocks)
+    assert all(bn.synchronized for b in blocks for bn in b.bn_kxk)
+    assert mo_models.model_info(synced)["variant"] == "s0"
+    plain = mo_models.MobileOne("s0", weights=None, classes=3, input_shape=(None, None, 3))
+    assert not any(layer.synchronized_bn for layer in plain.layers
+                   if isinstance(layer, MobileOneBlock))
+    mo_models.assign_state(plain, mo_models.get_state(synced))
+    x, _ = _arrays(4, 32, seed=5)
+    np.testing.assert_allclose(_call(synced, x), _call(plain, x), atol=1e-6)
+    # training mode, one block (through 22 blocks of batch-4 statistics the
+    # two variance formulas, E[x^2]-E[x]^2 and two-pass, drift apart: 1e-3 seen)
+    z = np.random.default_rng(1).normal(size=(4, 8, 8, 48)).astype(np.float32)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(synced.get_layer("stage1_2")(z, training=True)),
+        keras.ops.convert_to_numpy(plain.get_layer("stage1_2")(z, training=True)), atol=1e-5)
+    np.testing.assert_allclose(_call(mo_models.fuse(synced), x), _call(synced, x), atol=1e-4)
+    assert MobileOneBlock.from_config(blocks[1].get_config()).synchronized_bn
+
+
 def test_finetune_init_equals_source_model(tmp_path):
     """Fused source (random weights, random 'BN-folded' biases) -> branched
     trainable model: first evaluation equals the source model's."""
@@ -417,6 +447,48 @@ def test_config_and_help_import_no_tensorflow():
                          capture_output=True, text=True).stdout  # absl: exit status 1
     for name in (*OLD_FLAGS, "overwrite", "resume", "check_images", "output_dir"):
         assert f"--{name}" in out or f"--[no]{name}" in out, name
+
+
+def test_onednn_workaround_where_tensorflow_enables_onednn(tmp_path, caplog):
+    """TF_ENABLE_ONEDNN_OPTS=0 is set (one warning) on CPUs where TensorFlow
+    turns oneDNN on by default (fake /proc/cpuinfo: an AVX512-FP16/AMX Xeon,
+    an AVX512-VNNI/BF16 EPYC), never over the user's own value, never after
+    TensorFlow was imported, never on a CPU without those flags."""
+    from mobileone_tf.training import onednn
+    cpus = {"xeon_fp16": "fpu avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile",
+            "epyc": "fpu avx512f avx512_vnni avx512_bf16 avx512_vbmi2",
+            "xeon_no_vnni": "fpu avx2 avx512f avx512dq avx512bw avx512vl"}
+    for name, flags in cpus.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nmodel name\t: {name}\n"
+                                     f"flags\t\t: {flags}\n\nprocessor\t: 1\n")
+    var = "TF_ENABLE_ONEDNN_OPTS"
+    with caplog.at_level("WARNING", logger="mobileone_tf.training"):
+        for name in ("xeon_fp16", "epyc"):
+            env = {}
+            assert onednn.avoid_onednn_crash(tmp_path / name, env, modules={}) == "set"
+            assert env == {var: "0"} and var in caplog.records[-1].getMessage()
+        assert len(caplog.records) == 2
+        env = {var: "1"}
+        assert onednn.avoid_onednn_crash(tmp_path / "epyc", env, modules={}) == "user"
+        assert env == {var: "1"}
+        env = {}
+        assert onednn.avoid_onednn_crash(tmp_path / "epyc", env,
+                                         modules={"tensorflow": sys}) == "too late"
+        assert env == {} and "before starting Python" in caplog.records[-1].getMessage()
+        n = len(caplog.records)
+        for name in ("xeon_no_vnni", "missing"):
+            assert onednn.avoid_onednn_crash(tmp_path / name, env, modules={}) == "not needed"
+        assert env == {} and len(caplog.records) == n
+    # on import, before TensorFlow: set here or not per this machine's
+    # /proc/cpuinfo, a user's own value always kept
+    code = ("import os, sys; from mobileone_tf.training import onednn as o; "
+            "want = '0' if o.cpu_flags() & set(o.ONEDNN_DEFAULT_FLAGS) else None; "
+            "assert os.environ.get(o.VARIABLE) == want, os.environ.get(o.VARIABLE); "
+            "assert 'tensorflow' not in sys.modules")
+    env = {k: v for k, v in os.environ.items() if k != var}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+    code = "import os, mobileone_tf.training; assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == '1'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**env, var: "1"})
 
 
 def test_config_validation_names_the_setting():

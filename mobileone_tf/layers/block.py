@@ -35,9 +35,10 @@ from mobileone_tf.layers.fused import apply_fused, conv_padding, fused_layers
 
 
 
-def _bn_layer(name, dtype):
+def _bn_layer(name, dtype, synchronized=False):
     return keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype)
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype,
+        synchronized=synchronized)
 
 
 @keras.saving.register_keras_serializable(package="mobileone_tf")
@@ -59,6 +60,10 @@ class MobileOneBlock(keras.layers.Layer):
         num_conv_branches: k, the number of parallel kxk conv+BN branches.
         use_se: apply squeeze-excite (``int(C * 0.0625)`` bottleneck) to the
             branch sum before the ReLU.
+        synchronized_bn: BatchNorm statistics over the global batch of all
+            replicas of a ``tf.distribute`` strategy (Keras
+            ``BatchNormalization(synchronized=True)``, TensorFlow backend);
+            ``False``: per-replica statistics. Same weights either way.
 
     Call arguments:
         inputs: ``(batch, height, width, in_channels)`` NHWC tensor.
@@ -73,7 +78,7 @@ class MobileOneBlock(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, depthwise=False,
-                 num_conv_branches=1, use_se=False, **kwargs):
+                 num_conv_branches=1, use_se=False, synchronized_bn=False, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("filters", filters), ("kernel_size", kernel_size),
                            ("num_conv_branches", num_conv_branches)):
@@ -88,6 +93,7 @@ class MobileOneBlock(keras.layers.Layer):
         self.depthwise = bool(depthwise)
         self.num_conv_branches = int(num_conv_branches)
         self.use_se = bool(use_se)
+        self.synchronized_bn = bool(synchronized_bn)
         self.in_channels = None
 
     # -- construction -----------------------------------------------------
@@ -115,7 +121,7 @@ class MobileOneBlock(keras.layers.Layer):
         self.pad = keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
         self.conv_kxk = [self._conv(self.kernel_size, padding, f"conv_kxk_{i}")
                          for i in range(self.num_conv_branches)]
-        self.bn_kxk = [_bn_layer(f"bn_kxk_{i}", self.dtype_policy)
+        self.bn_kxk = [_bn_layer(f"bn_kxk_{i}", self.dtype_policy, self.synchronized_bn)
                        for i in range(self.num_conv_branches)]
         padded = input_shape
         if pad:
@@ -130,12 +136,12 @@ class MobileOneBlock(keras.layers.Layer):
         self.conv_scale = self.bn_scale = None
         if self.kernel_size > 1:
             self.conv_scale = self._conv(1, "valid", "conv_scale")
-            self.bn_scale = _bn_layer("bn_scale", self.dtype_policy)
+            self.bn_scale = _bn_layer("bn_scale", self.dtype_policy, self.synchronized_bn)
             self.conv_scale.build(input_shape)
             self.bn_scale.build(out_shape)
         self.identity = None
         if in_channels == self.filters and self.strides == 1:
-            self.identity = _bn_layer("identity", self.dtype_policy)
+            self.identity = _bn_layer("identity", self.dtype_policy, self.synchronized_bn)
             self.identity.build(input_shape)
         self.se_reduce = self.se_expand = None
         if self.use_se:
@@ -173,7 +179,8 @@ class MobileOneBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=self.kernel_size,
                       strides=self.strides, depthwise=self.depthwise,
-                      num_conv_branches=self.num_conv_branches, use_se=self.use_se)
+                      num_conv_branches=self.num_conv_branches, use_se=self.use_se,
+                      synchronized_bn=self.synchronized_bn)
         return config
 
     # -- weights as arrays ---------------------------------------------------

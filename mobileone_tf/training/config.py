@@ -89,7 +89,12 @@ class TrainConfig:
     fused: bool = _opt(False, "Train the fused (plain conv) model instead of the branched one.")
     freeze_backbone_epochs: int = _opt(0, "Train only the head for this many epochs.")
     # execution
-    strategy: str = _opt("default", "tf.distribute strategy.", choices=STRATEGIES)
+    strategy: str = _opt("default", "tf.distribute strategy (multi_worker: one process per "
+                         "host, each with its TF_CONFIG; see README).", choices=STRATEGIES)
+    sync_batchnorm: bool = _opt(False, "Synchronized BatchNorm in the branched blocks: batch "
+                                "statistics over the global batch of all replicas (Keras "
+                                "BatchNormalization(synchronized=True)); for small "
+                                "per-replica batches under mirrored/multi_worker.")
     mixed_precision: bool = _opt(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU/CPU.")
     jit_compile: bool = _opt(False, "XLA-compile (jit_compile) the train step.", flag="xla")
     run_eagerly: bool = _opt(False, "Debug: run the train step eagerly (no tracing).")

@@ -6,6 +6,7 @@ inside, for label smoothing); output: softmax probabilities
 ``(batch, classes)``.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,10 +20,10 @@ import numpy as np
 from mobileone_tf import fileio
 from mobileone_tf import models as mo_models
 from mobileone_tf.training import callbacks as cb
-from mobileone_tf.training import rundir
+from mobileone_tf.training import multiworker, rundir
 from mobileone_tf.training.config import TrainConfig
 from mobileone_tf.training.distribute import make_strategy
-from mobileone_tf.training.model import build_model
+from mobileone_tf.training.model import build_model, synchronize_batchnorm
 from mobileone_tf.training.optim import make_optimizer
 
 logger = logging.getLogger("mobileone_tf.training")
@@ -36,12 +37,16 @@ def one_hot(classes):
 
 def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
           output_dir, steps_per_epoch: int, extra_callbacks=(), strategy=None, *,
-          overwrite=False, resume=False, skipped=(), total_images=None):
+          overwrite=False, resume=False, skipped=(), total_images=None, build_fn=None):
     """Trains per ``config``; returns the summary dict (also ``summary.json``).
 
     Args:
         train_fn: ``(image_size, magnitude) -> tf.data.Dataset`` of
             ``(float32 (B, S, S, 3) RGB 0..255, int32 (B,))`` global batches.
+            Under a multi-worker strategy it may also take an
+            ``input_context`` keyword and return this worker's shard in
+            per-replica batches (see
+            :mod:`mobileone_tf.training.multiworker`).
         val_ds: evaluation dataset, same element format (or None).
         classes: number of classes.
         output_dir: gets the run files (see :mod:`mobileone_tf.training.rundir`):
@@ -59,6 +64,16 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
         skipped: training images the input pipeline skips (unreadable),
             named at the end of every epoch and in the summary.
         total_images: number of training images (for those reports).
+        build_fn: ``(config, classes) -> keras.Model``, called in the
+            strategy's scope: the model to train (default:
+            :func:`~mobileone_tf.training.build_model`; e.g. a small network of
+            MobileOneBlocks). With ``config.sync_batchnorm`` its blocks get
+            synchronized BatchNorm.
+
+    Multi-worker (``MultiWorkerMirroredStrategy``): only the chief writes
+    into ``output_dir``; the other workers write into temporary folders they
+    delete, and resume from the chief's backup (see
+    :mod:`mobileone_tf.training.multiworker`).
 
     Returns:
         the summary dict of :func:`finish`, plus ``model`` (trained, EMA
@@ -76,35 +91,61 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
     action = rundir.check_output_dir(output_dir, overwrite, resume)
     done = rundir.backup_epoch(output_dir) if action == "resume" else 0
     strategy = strategy or make_strategy(config.strategy)
+    role = multiworker.worker_role(strategy)
     stages = config.stages()
     with strategy.scope():
-        model = build_model(config, classes)
+        model = (build_fn or build_model)(config, classes)
+        if config.sync_batchnorm and build_fn is not None:
+            model = synchronize_batchnorm(model)
         optimizer = make_optimizer(config, steps_per_epoch, model)
         optimizer.build(model.trainable_variables)
+    fit_model = multiworker.fit_model(model, strategy)
     # the model is built (weights fit): only now may an old run go
-    if action == "overwrite":
+    if action == "overwrite" and role.is_chief:
         rundir.clear_run(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if role.is_chief:
+        os.makedirs(output_dir, exist_ok=True)
+    write_dir = multiworker.worker_dir(output_dir, role)
+    try:
+        return _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
+                               steps_per_epoch, extra_callbacks, strategy, role, model,
+                               fit_model, optimizer, stages, action, done, skipped,
+                               total_images)
+    finally:
+        multiworker.remove_worker_dir(write_dir, output_dir)
+
+
+def _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
+                    steps_per_epoch, extra_callbacks, strategy, role, model, fit_model,
+                    optimizer, stages, action, done, skipped, total_images):
+    """The body of :func:`train` once the model is built: callbacks write
+    into ``write_dir`` (``output_dir`` for the chief)."""
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
-    rows = rundir.truncate_log(output_dir, done) if action == "resume" else []
-    best = max((float(r[monitor]) for r in rows if r.get(monitor)), default=None)
+    if action == "resume" and not role.is_chief:
+        multiworker.copy_resume_state(output_dir, write_dir)  # as the chief restores
+    rows = rundir.truncate_log(write_dir, done) if action == "resume" else []
+    best = max((v for v in (_number(r.get(monitor)) for r in rows) if v is not None),
+               default=None)
     metrics = ["accuracy"] if classes <= 5 else [
         keras.metrics.CategoricalAccuracy(name="accuracy"),
         keras.metrics.TopKCategoricalAccuracy(5, name="top5")]
+    prepare = one_hot(classes)
     if val_ds is not None:
-        val_ds = val_ds.map(one_hot(classes))
+        val_ds = val_ds.map(prepare)
+        if role.num_workers > 1:
+            val_ds = multiworker.data_sharded(val_ds)
     callbacks, thr, nan_guard = cb.make_callbacks(
-        output_dir, batch_size=config.batch_size, ema=config.ema_decay > 0,
+        write_dir, batch_size=config.batch_size, ema=config.ema_decay > 0,
         monitor=monitor, best_so_far=best, skipped=skipped, total_images=total_images,
         extra=extra_callbacks)
 
     def compile_model():
         with strategy.scope():
-            model.compile(optimizer=optimizer,
-                          loss=keras.losses.CategoricalCrossentropy(
-                              label_smoothing=config.label_smoothing),
-                          metrics=metrics, jit_compile=config.jit_compile,
-                          run_eagerly=config.run_eagerly)
+            fit_model.compile(optimizer=optimizer,
+                              loss=keras.losses.CategoricalCrossentropy(
+                                  label_smoothing=config.label_smoothing),
+                              metrics=metrics, jit_compile=config.jit_compile,
+                              run_eagerly=config.run_eagerly)
 
     # Segments: resizing stages split further at the backbone unfreeze epoch.
     bounds = sorted({0, config.epochs, *[s for s, *_ in stages],
@@ -120,12 +161,18 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
             if layer.name not in (mo_models.HEAD_NAME, "avg_pool") and layer.weights:
                 layer.trainable = not frozen
         compile_model()
-        ds = train_fn(size, mag).map(one_hot(classes))
-        model.fit(ds, validation_data=val_ds, epochs=b, initial_epoch=max(a, done),
-                  shuffle=False,  # the datasets shuffle themselves
-                  steps_per_epoch=config.steps_per_epoch,
-                  validation_steps=config.validation_steps,
-                  callbacks=callbacks, verbose=config.verbose)
+        if role.num_workers > 1:
+            ds = multiworker.distribute_train_data(strategy, train_fn, size, mag,
+                                                   prepare=lambda d: d.map(prepare))
+        else:
+            ds = train_fn(size, mag).map(prepare)
+        # several workers: fit inside the scope (the wrapper was built outside it)
+        with strategy.scope() if role.num_workers > 1 else contextlib.nullcontext():
+            fit_model.fit(ds, validation_data=val_ds, epochs=b, initial_epoch=max(a, done),
+                          shuffle=False,  # the datasets shuffle themselves
+                          steps_per_epoch=config.steps_per_epoch,
+                          validation_steps=config.validation_steps,
+                          callbacks=callbacks, verbose=config.verbose if role.is_chief else 0)
         if nan_guard.diverged_at is not None:
             epoch, batch = nan_guard.diverged_at
             raise FloatingPointError(
@@ -134,19 +181,19 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
                 "Lower --base_lr, lengthen --warmup_epochs or set --clip_grad_norm "
                 "(fine-tuning the BatchNorm-free fused model needs all three smaller/longer "
                 "than the from-scratch recipe).")
-        if model.stop_training:
+        if fit_model.stop_training:
             break
     else:
         if done >= config.epochs:  # every epoch was done before a crash in finish()
             compile_model()
-            _restore_backup(model, optimizer, output_dir)
+            _restore_backup(fit_model, optimizer, write_dir)
     for layer in model.layers:
         layer.trainable = True
     # fit() leaves the EMA weights in the model (optimizer.finalize_variable_values).
     elapsed = time.perf_counter() - t_start
-    return finish(model, config, output_dir, val_ds, thr.history, elapsed,
+    return finish(model, config, write_dir, val_ds, thr.history, elapsed,
                   resumed_at=done if action == "resume" else None, skipped=skipped,
-                  total_images=total_images)
+                  total_images=total_images, fit_model=fit_model, write=role.is_chief)
 
 
 def _restore_backup(model, optimizer, output_dir):
@@ -158,10 +205,15 @@ def _restore_backup(model, optimizer, output_dir):
 
 
 def finish(model, config, output_dir, val_ds, ips, elapsed, resumed_at=None, skipped=(),
-           total_images=None):
+           total_images=None, *, fit_model=None, write=True):
     """Fuses the trained (EMA) model and writes ``fused.keras``,
-    ``fused.weights.h5`` and, last, ``summary.json`` (each atomically); then
-    removes ``backup/``.
+    ``fused.weights.h5`` (MobileOne models only: it records the variant) and,
+    last, ``summary.json`` (each atomically); then removes ``backup/``.
+
+    ``fit_model``: the model that ``fit`` trained, if not ``model`` (a
+    :class:`~mobileone_tf.training.multiworker.MultiWorkerModel`): it runs
+    the final evaluation. ``write=False`` (a non-chief worker): nothing is
+    written or removed; the summary is only returned.
 
     Returns:
         the summary: ``variant``, ``epochs`` (rows of this run's
@@ -172,39 +224,58 @@ def finish(model, config, output_dir, val_ds, ips, elapsed, resumed_at=None, ski
         ``skipped_images`` (``{"count", "files"}``), ``config``; plus
         ``model`` and ``fused_model`` (not written to the JSON).
     """
+    fit_model = model if fit_model is None else fit_model
     rows = rundir.read_log(output_dir)
-    key = "val_accuracy" if rows and "val_accuracy" in rows[0] else "accuracy"
-    vals = [float(r[key]) for r in rows if r.get(key)]
+    # CSVLogger writes "NA" in the val_ columns of a run without validation data
+    key = "val_accuracy" if any(_number(r.get("val_accuracy")) is not None
+                                for r in rows) else "accuracy"
+    vals = [v for v in (_number(r.get(key)) for r in rows) if v is not None]
     final_top1 = None
-    if val_ds is not None:
-        res = model.evaluate(val_ds, steps=config.validation_steps, verbose=0,
-                             return_dict=True)
+    if val_ds is not None:  # under a multi-worker strategy: on every worker
+        res = fit_model.evaluate(val_ds, steps=config.validation_steps, verbose=0,
+                                 return_dict=True)
         final_top1 = float(res["accuracy"])
     fused = mo_models.fuse(model) if mo_models.model_form(model) == "branched" else model
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as tmp:
-        fused.save(os.path.join(tmp, "fused.keras"))
-        with open(os.path.join(tmp, "fused.keras"), "rb") as f:
-            fileio.atomic_write(os.path.join(output_dir, "fused.keras"), f.read())
-    # MobileOne state file (records variant and form): loads into either form,
-    # e.g. ``scripts/convert.py --weights fused.weights.h5 --classes N``.
-    from mobileone_tf import weights as mo_weights
-    mo_weights.write_weights_h5(mo_models.get_state(fused),
-                                os.path.join(output_dir, "fused.weights.h5"),
-                                config.variant, "fused", source="mobileone_tf.training",
-                                overwrite=True)
     skipped = sorted(os.fspath(p) for p in skipped)
-    if skipped:
-        from mobileone_tf import data as mo_data
-        logger.warning("training run: %s", mo_data.describe_skipped(skipped, total_images))
     summary = {"variant": config.variant, "epochs": len(rows),
                "best_val_top1": max(vals) if vals else None, "final_val_top1": final_top1,
                "train_images_per_sec": float(np.mean(ips)) if ips else None,
                "wall_time_s": elapsed, "resumed_at_epoch": resumed_at,
                "skipped_images": {"count": len(skipped), "files": skipped},
                "config": config.to_json()}
-    fileio.write_json(summary, os.path.join(output_dir, rundir.SUMMARY))
-    backup_dir = os.path.join(output_dir, rundir.BACKUP)
-    if os.path.isdir(backup_dir) and not model.stop_training:
-        shutil.rmtree(backup_dir)
+    if write:
+        _write_outputs(fused, config, output_dir, summary)
+        if skipped:
+            from mobileone_tf import data as mo_data
+            logger.warning("training run: %s",
+                           mo_data.describe_skipped(skipped, total_images))
+        backup_dir = os.path.join(output_dir, rundir.BACKUP)
+        if os.path.isdir(backup_dir) and not fit_model.stop_training:
+            shutil.rmtree(backup_dir)
     summary["model"], summary["fused_model"] = model, fused
     return summary
+
+
+def _write_outputs(fused, config, output_dir, summary):
+    """``fused.keras``, ``fused.weights.h5`` and, last, ``summary.json``."""
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as tmp:
+        fused.save(os.path.join(tmp, "fused.keras"))
+        with open(os.path.join(tmp, "fused.keras"), "rb") as f:
+            fileio.atomic_write(os.path.join(output_dir, "fused.keras"), f.read())
+    if mo_models.find_mobileone(fused) is not None:
+        # MobileOne state file (records variant and form): loads into either
+        # form, e.g. ``scripts/convert.py --weights fused.weights.h5 --classes N``.
+        from mobileone_tf import weights as mo_weights
+        mo_weights.write_weights_h5(mo_models.get_state(fused),
+                                    os.path.join(output_dir, "fused.weights.h5"),
+                                    config.variant, "fused", source="mobileone_tf.training",
+                                    overwrite=True)
+    fileio.write_json(summary, os.path.join(output_dir, rundir.SUMMARY))
+
+
+def _number(text):
+    """A ``log.csv`` cell as a float, or None (empty, ``NA``)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

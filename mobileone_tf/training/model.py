@@ -14,8 +14,10 @@ Model input: NHWC float32 RGB 0..255; output: softmax probabilities
 """
 
 
+import keras
 import numpy as np
 
+from mobileone_tf import layers as mo_layers
 from mobileone_tf import models as mo_models
 from mobileone_tf.training.config import TrainConfig
 
@@ -79,7 +81,9 @@ def check_weights(config: TrainConfig, classes: int):
 
 def build_model(config: TrainConfig, classes: int, input_size=None):
     """The model to train (branched unless ``config.fused``), softmax head
-    with ``classes`` outputs, initialised from ``config.weights``.
+    with ``classes`` outputs, initialised from ``config.weights``; its
+    blocks' BatchNorm synchronized across replicas with
+    ``config.sync_batchnorm`` (:func:`synchronize_batchnorm`).
 
     With source weights whose head has ``classes`` outputs the head is kept;
     otherwise a new head replaces it, initialised to zero (kernel and bias):
@@ -102,4 +106,40 @@ def build_model(config: TrainConfig, classes: int, input_size=None):
             kernel, bias = model.get_layer(mo_models.HEAD_NAME).get_weights()
             state["head/kernel"], state["head/bias"] = np.zeros_like(kernel), np.zeros_like(bias)
         mo_models.assign_state(model, state)
-    return model
+    return synchronize_batchnorm(model) if config.sync_batchnorm else model
+
+
+def synchronize_batchnorm(model):
+    """A copy of ``model`` whose :class:`~mobileone_tf.layers.MobileOneBlock`
+    layers use synchronized BatchNorm (``synchronized_bn=True``: batch
+    statistics over the global batch of all replicas, Keras
+    ``BatchNormalization(synchronized=True)``), same weights; other layers
+    are cloned unchanged, the recorded MobileOne configuration is kept.
+    Call it inside the strategy's scope. A model without branched blocks
+    (e.g. ``fused=True``) comes back as it is.
+
+    Raises:
+        ValueError: ``model`` is not a functional or Sequential Keras model.
+    """
+    if not _has_blocks(model):
+        return model
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model) and _has_blocks(layer):
+            return synchronize_batchnorm(layer)
+        config = layer.get_config()
+        if isinstance(layer, mo_layers.MobileOneBlock):
+            config["synchronized_bn"] = True
+        return layer.__class__.from_config(config)
+
+    synced = keras.models.clone_model(model, clone_function=clone_function)
+    synced.set_weights(model.get_weights())
+    recorded = getattr(model, "mobileone_config", None)
+    if recorded:
+        synced.mobileone_config = dict(recorded)
+    return synced
+
+
+def _has_blocks(model):
+    return any(isinstance(layer, mo_layers.MobileOneBlock)
+               for layer in mo_models.all_layers(model))

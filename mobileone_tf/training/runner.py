@@ -11,7 +11,7 @@ import os
 import tensorflow as tf
 
 from mobileone_tf import data as mo_data
-from mobileone_tf.training import rundir
+from mobileone_tf.training import multiworker, rundir
 from mobileone_tf.training.config import TrainConfig
 from mobileone_tf.training.distribute import make_strategy, set_precision
 from mobileone_tf.training.loop import train
@@ -61,7 +61,8 @@ def check_data(train_dir, val_dir=None, classes=None):
 
 
 def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
-                   seed=0, crop_pct=0.875, crop_scale_min=0.08, label_offset=0):
+                   seed=0, crop_pct=0.875, crop_scale_min=0.08, label_offset=0,
+                   deterministic=False):
     """(images float32 NHWC RGB 0..255, int32 labels) from an ImageFolder dir
     (labels = sorted class-folder index) or TFRecord shards (file / glob;
     labels + ``label_offset``).
@@ -69,13 +70,15 @@ def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
     Training: :func:`mobileone_tf.data.train_dataset` (random-resized crop
     of ``crop_scale_min``..1 of the area, flip, ``keras.layers.RandAugment(
     factor=magnitude)`` when ``magnitude > 0``, undecodable images skipped).
+    ``deterministic``: the same order of examples on every call (slower
+    parallel maps; needed when workers split the stream).
     Evaluation: :func:`mobileone_tf.data.eval_dataset` (resize short side to
     ``image_size / crop_pct``, centre crop; torchvision-exact).
     """
     if training:
         return mo_data.train_dataset(
             data_dir, batch_size, image_size, seed=seed, scale=(crop_scale_min, 1.0),
-            label_offset=label_offset,
+            label_offset=label_offset, deterministic=deterministic,
             augment="randaugment" if magnitude > 0 else None, magnitude=magnitude)
     if mo_data.is_tfrecord_source(data_dir):
         return mo_data.tfrecord_eval_dataset(data_dir, batch_size, image_size, crop_pct,
@@ -127,6 +130,13 @@ def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
     state = check_weights(config, classes)
     if state is not None:
         config = dataclasses.replace(config, weights=state)
+    # before any TensorFlow op (a multi-worker strategy must come first); the
+    # checks above are plain Python, so a user error stops before the cluster
+    strategy = make_strategy(config.strategy)
+    set_precision(config.mixed_precision, config.strategy)
+    # several workers split one stream of global batches (DATA auto-shard):
+    # it must come in the same order on each of them
+    deterministic = multiworker.worker_role(strategy).num_workers > 1
     skipped, n_train, n_val = (), None, None
     if not tfrecord:
         paths, _ = mo_data.list_examples(train_dir)
@@ -141,12 +151,10 @@ def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
     batches = None if n_train is None else max((n_train - len(skipped)) // config.batch_size, 1)
     steps = config.steps_per_epoch or batches
 
-    set_precision(config.mixed_precision, config.strategy)
-    strategy = make_strategy(config.strategy)
-
     def train_fn(size, mag):
         ds = folder_dataset(train_dir, config.batch_size, size, True, mag, config.seed,
-                            crop_scale_min=config.crop_scale_min, label_offset=label_offset)
+                            crop_scale_min=config.crop_scale_min, label_offset=label_offset,
+                            deterministic=deterministic)
         # a known length: the progress bar shows the total; repeat() refills
         # the last batches should the count be off (e.g. unchecked bad images)
         return ds if batches is None else ds.repeat().take(batches)
