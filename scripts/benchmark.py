@@ -30,7 +30,9 @@ flags.DEFINE_list("quantizations", D["quantizations"],
                   "MUL+ADD). Branched MobileOne: float32 only.")
 flags.DEFINE_list("baselines", list(bench.zoo.BASELINES),
                   "keras.applications baselines ('' for none).")
-flags.DEFINE_list("models", None, "Explicit model names (overrides --variants/--baselines).")
+flags.DEFINE_list("models", None, "Explicit model names (overrides --variants/--baselines), "
+                  "e.g. deeplabv3_mobileone_s0,deeplabv3_mobilenet_v3_large (360x480 "
+                  "segmenters; need KerasHub).")
 flags.DEFINE_integer("runs", D["runs"], "Timed runs per measurement (median/p90 over them).")
 flags.DEFINE_integer("warmup", D["warmup"], "Untimed warm-up runs.")
 flags.DEFINE_integer("rounds", D["rounds"], "Split the runs into this many rounds, interleaved "

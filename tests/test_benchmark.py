@@ -200,6 +200,22 @@ def test_tflite_files_side_by_side():
         "1.700 |" in md
 
 
+def test_tflite_files_ratios_are_paired_by_round():
+    """With round medians, a ratio is the median of the per-round ratios: a
+    slow spell that hits both files of a round does not move it, while the
+    ratio of the overall medians would."""
+    bare = [1.0, 1.0, 1.0, 3.0, 3.0]  # rounds 4-5: the machine was 3x slower
+    default = [1.01, 1.01, 1.01, 3.03, 3.03]
+    rows = [{"model": "mobileone_s0", "form": "fused", "runtime": rt, "threads": 2,
+             "median_ms": med, "round_medians_ms": rounds}
+            for rt, med, rounds in (("tflite-bare", 1.0, bare),
+                                    ("tflite-float32", 3.03, default))]
+    (t,) = report.tflite_files(rows)
+    assert t["default_over_bare"] == pytest.approx(1.01)
+    rows[1]["round_medians_ms"] = default[:3]  # rounds that do not match: plain ratio
+    assert report.tflite_files(rows)[0]["default_over_bare"] == pytest.approx(3.03)
+
+
 def test_interleaved_timings_rounds_and_noise(monkeypatch):
     """Rounds interleave the callables (a, b, a, b, ...), split the runs
     exactly, and report the spread of the round medians."""
@@ -249,6 +265,34 @@ def test_fused_benchmark_model_has_normal_range_activations():
     assert deepest(fused) > 1e-12
     plain = models.MobileOne("s0", weights=None, fused=True, input_shape=(64, 64, 3))
     assert deepest(plain) < 1e-20  # the failure mode this guards against
+
+
+def test_stage_truncations_for_the_per_stage_profile():
+    """``stages_<variant>_<level>`` is the fused network up to that pyramid
+    level (channels and stride of mobileone_tf.feature_info); timing them one
+    after another gives a per-stage profile by differences."""
+    import mobileone_tf as mo
+    for info in mo.feature_info("s0"):
+        model = bm.build_model(f"stages_s0_{info['level']}", image_size=64)
+        assert tuple(model.output.shape[1:]) == (64 // info["stride"], 64 // info["stride"],
+                                                 info["channels"])
+        assert not any(isinstance(la, mo.MobileOneBlock) for la in model.layers)
+    with pytest.raises(ValueError, match="Unknown pyramid level 'P9'"):
+        bm.build_model("stages_s0_P9", image_size=64)
+    assert bm.check_config({"models": ["stages_s4_P5", "deeplabv3_mobileone_s0"]})["models"]
+
+
+def test_segmenters_take_camvid_frames():
+    pytest.importorskip("keras_hub", reason="KerasHub not installed (pip install -e '.[hub]')")
+    import mobileone_tf as mo
+    from mobileone_tf.benchmark import workers
+    for name in bm.SEGMENTERS:
+        model = bm.build_model(name)
+        assert bm.input_size(model) == bm.SEGMENTER_SIZE == (360, 480)
+        assert tuple(model.output.shape[1:]) == (360, 480, 11) and model.layers[-1].name == \
+            "logits"
+        assert not any(isinstance(la, mo.MobileOneBlock) for la in mo.models.all_layers(model))
+    assert workers.random_images(2, (360, 480)).shape == (2, 360, 480, 3)
 
 
 @pytest.mark.parametrize("config, message", [

@@ -31,7 +31,9 @@ DEFAULTS = {"mode": "latency", "study": None, "variants": ["s0", "s1", "s2", "s3
 def _known_models() -> set:
     from mobileone_tf.variants import VARIANTS
     studies = zoo.STUDY_ACTIVATIONS + zoo.STUDY_BLOCKS
-    return (set(zoo.model_names(VARIANTS)) | {f"study_{k}" for k in studies})
+    stages = {f"stages_{v}_P{i}" for v in VARIANTS for i in range(1, 6)}
+    return (set(zoo.model_names(VARIANTS)) | set(zoo.SEGMENTERS) | stages
+            | {f"study_{k}" for k in studies})
 
 
 def _check_subset(key, values, allowed):

@@ -15,6 +15,8 @@ import json
 import pathlib
 import warnings
 
+import numpy as np
+
 from mobileone_tf import fileio
 
 PEAK_RUNTIMES = ("tflite-float32", "tflite-float16", "tflite-bare", "tflite-unfolded", "keras",
@@ -116,6 +118,10 @@ def tflite_files(rows) -> list:
     ratios ``default / bare`` (what the export's input normalization and
     softmax cost; goal <= 1.02), ``unfolded / bare`` (the same before
     issue 13), ``float16 / default`` and ``default / int8`` (int8 speed-up).
+    A ratio is paired when both rows carry ``round_medians_ms`` of the same
+    rounds: the median over rounds of the per-round ratio (a slow spell of a
+    shared machine hits both files of a round alike), else the ratio of the
+    medians.
 
     Returns:
         ``[{"model", "threads", "<name>_ms"..., "default_over_bare",
@@ -123,14 +129,15 @@ def tflite_files(rows) -> list:
         (a ratio is ``None`` when a file is missing); models with neither a
         bare nor an int8 row are left out.
     """
-    idx = {(r["model"], r["runtime"], r["threads"]): r["median_ms"] for r in rows
-           if r.get("form") == "fused" and r.get("median_ms")}
+    fused = {(r["model"], r["runtime"], r["threads"]): r for r in rows
+             if r.get("form") == "fused" and r.get("median_ms")}
     out = []
-    for model, threads in sorted({(m, t) for m, _, t in idx}):
-        ms = {name: idx.get((model, rt, threads)) for name, rt in FILE_COLUMNS}
+    for model, threads in sorted({(m, t) for m, _, t in fused}):
+        picked = {name: fused.get((model, rt, threads)) for name, rt in FILE_COLUMNS}
+        ms = {name: r["median_ms"] if r else None for name, r in picked.items()}
         if ms["bare"] is None and ms["int8"] is None:
             continue
-        ratios = {key: ms[a] / ms[b] if ms[a] and ms[b] else None
+        ratios = {key: _ratio(picked[a], picked[b])
                   for key, (a, b) in (("default_over_bare", ("default", "bare")),
                                       ("unfolded_over_bare", ("unfolded", "bare")),
                                       ("float16_over_default", ("float16", "default")),
@@ -138,6 +145,18 @@ def tflite_files(rows) -> list:
         out.append({"model": model, "threads": threads,
                     **{f"{k}_ms": v for k, v in ms.items()}, **ratios})
     return out
+
+
+def _ratio(a, b):
+    """``a / b`` of two latency rows: paired (median of per-round ratios)
+    when both have round medians of the same rounds; ``None`` if one is
+    missing."""
+    if not a or not b:
+        return None
+    ra, rb = a.get("round_medians_ms") or [], b.get("round_medians_ms") or []
+    if len(ra) > 1 and len(ra) == len(rb) and all(rb):
+        return float(np.median(np.asarray(ra, float) / np.asarray(rb, float)))
+    return a["median_ms"] / b["median_ms"]
 
 
 def findings(result: dict) -> dict:
@@ -233,9 +252,9 @@ def _findings_lines(result: dict) -> list:
                    "int8 speed-up"])
         keys = ("default_over_bare", "unfolded_over_bare", "float16_over_default",
                 "int8_speedup")
-        lines += ["", ("TFLite files side by side (same process, interleaved rounds; default = "
-                       "the export, bare = the network alone, unfolded = the export before "
-                       "issue 13):"), ""] + _table(head, [
+        lines += ["", ("TFLite files side by side (same process, interleaved rounds; ratios: "
+                       "median of the per-round ratios; default = the export, bare = the "
+                       "network alone, unfolded = the export before issue 13):"), ""] + _table(head, [
             [t["model"], t["threads"]]
             + [f"{t[n + '_ms']:.2f}" if t[n + "_ms"] else "-" for n, _ in FILE_COLUMNS]
             + [f"{t[k]:.3f}" if t[k] else "-" for k in keys]

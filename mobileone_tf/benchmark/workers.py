@@ -55,9 +55,11 @@ class Job:
     quantizations: tuple = ("float32",)
 
 
-def random_images(n: int = 1, size: int = zoo.IMAGE_SIZE, seed: int = 0) -> np.ndarray:
-    """``(n, size, size, 3)`` float32 uniform in 0..255."""
-    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+def random_images(n: int = 1, size=zoo.IMAGE_SIZE, seed: int = 0) -> np.ndarray:
+    """``(n, H, W, 3)`` float32 uniform in 0..255; ``size`` is ``H = W`` or
+    ``(H, W)``."""
+    h, w = (size, size) if np.ndim(size) == 0 else size
+    return np.random.default_rng(seed).uniform(0, 255, (n, int(h), int(w), 3)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def convert(model, path, runtime: str, quantize: str = "float32") -> str:
     (no verification; the model keeps the form it was built in).
 
     Args:
-        model: a Keras model with a fixed square NHWC input.
+        model: a Keras model with a fixed NHWC input.
         path: ``*.tflite`` or ``*.onnx``.
         runtime: ``"tflite"`` or ``"onnx"`` (ONNX: tf2onnx, opset 17).
         quantize: TFLite only, one of :data:`TFLITE_QUANTIZATIONS`. int8 is
@@ -82,7 +84,7 @@ def convert(model, path, runtime: str, quantize: str = "float32") -> str:
     """
     from mobileone_tf import export
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    size = int(model.inputs[0].shape[1])
+    size = zoo.input_size(model)
     common = dict(batch_size=1, input_size=size, fuse=False, overwrite=True, verify=False)
     if runtime == "onnx":
         export.to_onnx(model, str(path), opset=17, **common)
@@ -93,10 +95,12 @@ def convert(model, path, runtime: str, quantize: str = "float32") -> str:
     calibration = folder or (random_images(8, size) if quantize == "int8" else None)
     if quantize == "bare":
         model = zoo.bare_model(model)
-    # equalization only with real calibration images (it changes no op)
+    # equalization only with real calibration images (it changes no op), and
+    # only for a MobileOne classifier (what the exporter equalizes)
+    equalize = bool(folder) and model.name.startswith("mobileone_")
     export.to_tflite(model, str(path), quantize=quantize if quantize in ("float16", "int8")
                      else "none", calibration_data=calibration, calibration_steps=8,
-                     equalize=bool(folder), fold=quantize != "unfolded", metadata=False,
+                     equalize=equalize, fold=quantize != "unfolded", metadata=False,
                      **common)
     return str(path)
 
@@ -108,7 +112,7 @@ def keras_runner(model):
     """One forward pass of ``model`` through ``tf.function`` (inference
     mode, no XLA), result fetched to NumPy."""
     import tensorflow as tf
-    x = tf.constant(random_images(1, int(model.inputs[0].shape[1])))
+    x = tf.constant(random_images(1, zoo.input_size(model)))
     fn = tf.function(lambda t: model(t, training=False), jit_compile=False)
     return lambda: fn(x).numpy()
 
@@ -119,7 +123,7 @@ def tflite_runner(path, threads: int):
     quantized for an int8/uint8 input."""
     from mobileone_tf import runtime
     interp = runtime.tflite_interpreter(path, threads)
-    size = int(interp.get_input_details()[0]["shape"][1])
+    size = tuple(int(s) for s in interp.get_input_details()[0]["shape"][1:3])
     runtime.run_tflite(interp, random_images(1, size))
     return interp.invoke
 
@@ -128,7 +132,7 @@ def onnx_runner(path, threads: int):
     """One ONNX Runtime (CPU, ``threads`` intra-op threads) run of the file."""
     from mobileone_tf import runtime
     runner = runtime.load(path, num_threads=threads)
-    x = random_images(1, int(runner.input_shape[0]))
+    x = random_images(1, tuple(int(s) for s in runner.input_shape[:2]))
     return lambda: runner(x)
 
 

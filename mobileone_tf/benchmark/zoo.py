@@ -23,10 +23,23 @@ BASELINE_TOP1 = {
 BASELINES = tuple(BASELINE_TOP1)
 FORMS = ("fused", "branched")
 
+SEGMENTERS = ("deeplabv3_mobileone_s0", "deeplabv3_mobilenet_v3_large")
+"""DeepLabV3+ segmenters (KerasHub's head, :mod:`mobileone_tf.segmentation`)
+on MobileOne-S0 (fused) and on MobileNetV3Large, 11 classes (CamVid), at
+:data:`SEGMENTER_SIZE`: the deploy model (padded to 384x480 inside, cropped
+back, one ``"logits"`` output). Need KerasHub (``pip install -e ".[hub]"``)."""
+SEGMENTER_SIZE = (360, 480)
+"""Input ``(height, width)`` of the segmenters: CamVid's frames."""
+
 STUDY_ACTIVATIONS = ("relu", "gelu", "silu", "hard_swish", "se_relu")
 STUDY_BLOCKS = ("baseline", "se", "skip")
 STUDY_WIDTH = 64
 STUDY_DEPTH = 30
+
+
+def input_size(model) -> tuple:
+    """``(height, width)`` of a model's NHWC input."""
+    return tuple(int(s) for s in model.inputs[0].shape[1:3])
 
 
 def model_names(variants, baselines=True) -> list:
@@ -41,7 +54,8 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
 
     Args:
         name: ``mobileone_s0``..``mobileone_s4``, one of :data:`BASELINES`,
-            or ``study_<kind>`` (see :func:`study_net`).
+            one of :data:`SEGMENTERS` (input :data:`SEGMENTER_SIZE`,
+            ``image_size`` ignored), or ``study_<kind>`` (see :func:`study_net`).
         form: ``"fused"`` or ``"branched"`` (MobileOne only; others ignore it).
         image_size: input height = width (pixels).
 
@@ -77,10 +91,52 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
         # keras.applications built on input_tensor have model.input == [inp];
         # re-wrapped, the model has the single input tensor the exporter takes
         return keras.Model(inp, app.output, name=app.name)
+    if name in SEGMENTERS:
+        return segmenter(name)
+    if name.startswith("stages_"):
+        return truncated(name, image_size)
     if name.startswith("study_"):
         return study_net(name[len("study_"):], image_size)
     raise ValueError(f"Unknown model {name!r}; expected mobileone_s0..s4, "
-                     f"{', '.join(BASELINES)} or study_<activation|block>.")
+                     f"{', '.join(BASELINES + SEGMENTERS)} or study_<activation|block>.")
+
+
+def truncated(name: str, image_size: int = IMAGE_SIZE):
+    """``stages_<variant>_<level>``, e.g. ``stages_s0_P3``: the fused
+    MobileOne (fused from a random branched one) up to the end of pyramid
+    level ``P1``..``P5`` (input normalization folded as in the export; output
+    the level's feature map). Timing the levels one after another gives a
+    per-stage profile by differences (``P1`` = the stem).
+
+    Raises:
+        ValueError: a malformed name, unknown variant or level.
+    """
+    import keras
+    from mobileone_tf.models import MobileOne, fuse, level_layers
+    parts = name.split("_")
+    if len(parts) != 3:
+        raise ValueError(f"Unknown model {name!r}; expected stages_<variant>_<P1..P5>")
+    model = fuse(MobileOne(parts[1], weights=None, input_shape=(image_size, image_size, 3)))
+    layers = level_layers(model)
+    if parts[2] not in layers:
+        raise ValueError(f"Unknown pyramid level {parts[2]!r} in {name!r}; expected one of "
+                         f"{sorted(layers)}")
+    return keras.Model(model.inputs, layers[parts[2]].output, name=name)
+
+
+def segmenter(name: str):
+    """The deploy model of a :data:`SEGMENTERS` entry with random weights:
+    ``(1, 360, 480, 3)`` float32 RGB 0..255 -> ``(1, 360, 480, 11)`` logits.
+    The MobileOne encoder is fused from the random branched one (see
+    :func:`build_model` on denormals)."""
+    from mobileone_tf import segmentation
+    from mobileone_tf.models import fuse
+    backbone = "mobileone_s0" if name.endswith("mobileone_s0") else "mobilenetv3large"
+    padded = tuple(-(-s // segmentation.STRIDE) * segmentation.STRIDE for s in SEGMENTER_SIZE)
+    model = segmentation.build_segmenter(backbone, 11, padded)
+    if backbone.startswith("mobileone_"):
+        model = fuse(model)
+    return segmentation.deploy_model(model, SEGMENTER_SIZE, name=name)
 
 
 def bare_model(model):
