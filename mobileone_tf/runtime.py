@@ -61,16 +61,24 @@ class Runner:
 def in_batches(fn, images, batch_size):
     """``fn`` applied to ``images`` in chunks of a fixed ``batch_size`` (the
     last chunk padded by repeating its last image; the padding is dropped);
-    ``fn(images)`` at once when ``batch_size`` is ``None``. Returns float32."""
+    ``fn(images)`` at once when ``batch_size`` is ``None``. Returns float32,
+    or ``{name: float32 array}`` when ``fn`` returns a dict (a file with
+    several named outputs, e.g. pyramid levels)."""
     if not batch_size:
-        return np.asarray(fn(images), np.float32)
+        out = fn(images)
+        return ({k: np.asarray(v, np.float32) for k, v in out.items()}
+                if isinstance(out, dict) else np.asarray(out, np.float32))
     outs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         n = len(chunk)
         if n < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
-        outs.append(np.asarray(fn(chunk), np.float32)[:n])
+        out = fn(chunk)
+        outs.append({k: np.asarray(v, np.float32)[:n] for k, v in out.items()}
+                    if isinstance(out, dict) else np.asarray(out, np.float32)[:n])
+    if isinstance(outs[0], dict):
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
 
 def _kind(path):
@@ -136,11 +144,12 @@ def _load_onnx(path, num_threads):
         opts.intra_op_num_threads = num_threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    name, out_name = inp.name, sess.get_outputs()[0].name
+    name, out_names = inp.name, [o.name for o in sess.get_outputs()]
     shape = [d if isinstance(d, int) else None for d in inp.shape]
 
     def fn(x):
-        return sess.run([out_name], {name: x})[0]
+        outs = sess.run(out_names, {name: x})
+        return outs[0] if len(outs) == 1 else dict(zip(out_names, outs))
 
     return Runner(path, "onnx", fn, shape[0], tuple(shape[1:]) if None not in shape[1:] else None)
 
@@ -150,10 +159,13 @@ def _load_saved_model(path):
     loaded = tf.saved_model.load(str(path))
     sig = loaded.signatures["serving_default"]
     (in_name, spec), = sig.structured_input_signature[1].items()
-    out_name = sorted(sig.structured_outputs)[0]
+    out_names = sorted(sig.structured_outputs)
 
     def fn(x):
-        return sig(**{in_name: tf.constant(x)})[out_name].numpy()
+        out = sig(**{in_name: tf.constant(x)})
+        if len(out_names) == 1:
+            return out[out_names[0]].numpy()
+        return {k: out[k].numpy() for k in out_names}
 
     shape = tuple(spec.shape)
     return Runner(path, "saved_model", fn, shape[0],
@@ -269,11 +281,20 @@ def dequantize_output(values, detail):
 
 
 def _invoke(interp, batch):
+    """One invoke; the output array, or ``{signature output name: array}``
+    for a file with several outputs."""
     inp = interp.get_input_details()[0]
     interp.set_tensor(inp["index"], quantize_input(batch, inp))
     interp.invoke()
-    out = interp.get_output_details()[0]
-    return dequantize_output(interp.get_tensor(out["index"]), out)
+    details = interp.get_output_details()
+    if len(details) == 1:
+        return dequantize_output(interp.get_tensor(details[0]["index"]), details[0])
+    by_index = {d["index"]: d for d in details}
+    names = interp.get_signature_list()["serving_default"]["outputs"]
+    runner_outputs = interp.get_signature_runner("serving_default").get_output_details()
+    return {name: dequantize_output(interp.get_tensor(runner_outputs[name]["index"]),
+                                    by_index[runner_outputs[name]["index"]])
+            for name in names}
 
 
 def run_tflite(interpreter_or_model, images, num_threads=None):

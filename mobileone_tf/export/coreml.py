@@ -51,16 +51,20 @@ def _convert(ct, fixed, labels, quantize, target):
             pass_pipeline=pipeline, **kwargs)
 
 
-def _rename_outputs(ct, mlmodel, classifier):
-    """Names the outputs ``classLabelProbs`` (classifier) or ``"features"``."""
+def _rename_outputs(ct, mlmodel, classifier, names=("features",)):
+    """Names the outputs ``classLabelProbs`` (classifier) or ``names`` in
+    order (:func:`.prepare.output_names`: ``"features"``, a segmenter's
+    ``"logits"``, the pyramid levels of a feature extractor)."""
     spec = mlmodel.get_spec()
     outs = [o.name for o in spec.description.output]
     if classifier:
         if spec.description.predictedProbabilitiesName != COREML_PROBS:
             ct.utils.rename_feature(spec, spec.description.predictedProbabilitiesName,
                                     COREML_PROBS)
-    elif outs[0] != "features":
-        ct.utils.rename_feature(spec, outs[0], "features")
+    else:
+        for old, new in zip(outs, names):
+            if old != new:
+                ct.utils.rename_feature(spec, old, new)
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
 
 
@@ -79,7 +83,8 @@ def _compress(ct, mlmodel, quantize):
 def _describe(mlmodel, job, meta):
     """Author, licence, version, descriptions and mobileone_tf metadata."""
     from mobileone_tf import __version__
-    fixed, name = job.fixed, prepare.output_name(job.fixed)
+    fixed, names = job.fixed, prepare.output_names(job.fixed)
+    name = names[0] if len(names) == 1 else "pyramid levels " + ", ".join(names)
     h, w = (int(d) for d in fixed.input.shape[1:3])
     mlmodel.author = meta["author"]
     mlmodel.license = meta["license"]
@@ -95,7 +100,8 @@ def _describe(mlmodel, job, meta):
             "Probability of every class" if name == "probabilities"
             else "Score (logit) of every class")
     else:
-        mlmodel.output_description["features"] = f"Features {tuple(fixed.output.shape)}"
+        for out, tensor in zip(names, fixed.outputs):
+            mlmodel.output_description[out] = f"{out.capitalize()} {tuple(tensor.shape)}"
     mlmodel.user_defined_metadata["com.mobileone_tf.quantize"] = job.report["quantize"]
     mlmodel.user_defined_metadata["com.mobileone_tf.fused"] = str(job.report["fused"])
 
@@ -152,7 +158,8 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
     job = start("coreml", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
                 input_size=input_size, names=class_names, outputs=outputs, fold=fold)
     mlmodel = _convert(ct, job.fixed, job.labels, quantize, target)
-    mlmodel = _compress(ct, _rename_outputs(ct, mlmodel, job.labels is not None), quantize)
+    mlmodel = _compress(ct, _rename_outputs(ct, mlmodel, job.labels is not None,
+                                                prepare.output_names(job.fixed)), quantize)
     _describe(mlmodel, job, {"author": author, "license": license, "version": version,
                              "description": description})
     with staging(output) as tmp:

@@ -30,7 +30,8 @@ def onnx_proto(fixed, opset=17):
     spec = [tf.TensorSpec(tuple(fixed.input.shape), tf.float32, name=INPUT_NAME)]
     with quiet():
         proto, _ = tf2onnx.convert.from_keras(fixed, input_signature=spec, opset=int(opset))
-    _rename_output(proto, prepare.output_name(fixed))
+    for index, name in enumerate(prepare.output_names(fixed)):
+        _rename_output(proto, name, index)
     onnx.checker.check_model(proto)
     return proto
 
@@ -76,8 +77,8 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
                           report_path=report_path)
 
 
-def _rename_output(proto, name):
-    old = proto.graph.output[0].name
+def _rename_output(proto, name, index=0):
+    old = proto.graph.output[index].name
     if old == name:
         return
     for node in proto.graph.node:
@@ -87,7 +88,7 @@ def _rename_output(proto, name):
         for i, o in enumerate(node.input):
             if o == old:
                 node.input[i] = name
-    proto.graph.output[0].name = name
+    proto.graph.output[index].name = name
 
 
 def _value(v):

@@ -286,9 +286,22 @@ KerasHub's segmenter head ``"segmentation_output"`` (logits), a detector's
 raw ``"detections"`` (:func:`mobileone_tf.hub.raw_detections_model`)."""
 
 
+def output_names(model):
+    """The names of the model's outputs, in the order of ``model.outputs``:
+    the keys of a dict-output model (a :func:`mobileone_tf.feature_extractor`:
+    ``"P1"``..``"P5"``, sorted as Keras flattens them), otherwise
+    ``[output_name(model)]``."""
+    if isinstance(model.output, dict):
+        return sorted(model.output)
+    return [output_name(model)]
+
+
 def output_name(model):
     """``"probabilities"``, ``"logits"`` (classifier or per-pixel),
-    ``"class_map"`` or ``"features"`` for the model's output."""
+    ``"class_map"`` or ``"features"`` for the model's output (one output)."""
+    if isinstance(model.output, dict):
+        raise ExportError(f"{model.name} has {len(model.output)} outputs "
+                          f"{sorted(model.output)}; use output_names()")
     layer = model.layers[-1]
     if layer.name in NAMED_OUTPUTS:
         return NAMED_OUTPUTS[layer.name]
@@ -300,6 +313,8 @@ def output_name(model):
 
 def num_classes(model):
     """Classes of a classifier's ``(batch, classes)`` output; ``None`` for features."""
+    if isinstance(model.output, dict):
+        return None
     shape = tuple(model.output.shape)
     return int(shape[-1]) if len(shape) == 2 and output_name(model) != "features" else None
 
@@ -336,5 +351,6 @@ def keras_io(fixed):
     """``(inputs, outputs)`` tensor descriptions (name, dtype, shape) of the
     prepared model, as the float32 files have them."""
     return ([{"name": INPUT_NAME, "dtype": "float32", "shape": list(fixed.input.shape)}],
-            [{"name": output_name(fixed), "dtype": "float32", "shape": list(fixed.output.shape)}])
+            [{"name": name, "dtype": "float32", "shape": list(tensor.shape)}
+             for name, tensor in zip(output_names(fixed), fixed.outputs)])
 

@@ -12,16 +12,20 @@ from mobileone_tf.export.job import start
 
 def write_saved_model(fixed, path):
     """Writes ``fixed`` as a SavedModel with one ``serving_default``
-    signature ``{"image": (B, H, W, 3) float32} -> {output_name: (B, C)}``
-    (``keras.export.ExportArchive``, as ``model.export``)."""
+    signature ``{"image": (B, H, W, 3) float32} -> {output_name: (B, C)}``,
+    or one entry per output of a dict-output model (pyramid levels ``"P3"``
+    ...: :func:`.prepare.output_names`) (``keras.export.ExportArchive``, as
+    ``model.export``)."""
     import keras
     import tensorflow as tf
     archive = keras.export.ExportArchive()
     archive.track(fixed)
-    name = prepare.output_name(fixed)
+    names = prepare.output_names(fixed)
 
     def serve(image):
-        return {name: fixed(image, training=False)}
+        out = fixed(image, training=False)
+        return {name: out[name] for name in names} if isinstance(out, dict) \
+            else {names[0]: out}
 
     archive.add_endpoint("serving_default", serve, input_signature=[
         tf.TensorSpec(tuple(fixed.input.shape), tf.float32, name=INPUT_NAME)])

@@ -200,7 +200,8 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         if num_classes(model) is None:
             raise ExportError(f"labels file {labels}: the model has no classifier (include_top)")
         class_names = read_labels(labels, num_classes(model))
-    if metadata:
+    several = isinstance(model.output, dict)  # pyramid levels: MediaPipe's writers take one
+    if metadata and not several:
         mediapipe_dir()  # installed (or a clear error) before any conversion work
     job = start("tflite", model, output, quantize=quantize, fuse=fuse,
                 batch_size=batch_size, input_size=input_size, names=class_names,
@@ -221,7 +222,10 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         with open(staged, "wb") as f:
             f.write(flatbuffer)
         inputs, outputs = runtime.tflite_io(staged)
-        if metadata:
+        if metadata and several:
+            job.report["metadata"] = ("skipped: MediaPipe's metadata writers describe one "
+                                      f"output; this model has {len(outputs)}")
+        elif metadata:
             job.report["metadata"] = add_tflite_metadata(staged, job.fixed, job.labels,
                                                          inputs, outputs)
         job.converted(ops=runtime.tflite_ops(staged), inputs=inputs, outputs=outputs)

@@ -47,6 +47,31 @@ def compare(reference, outputs, strict, rtol=RTOL):
             "passed": bool(passed) if strict else None}
 
 
+def compare_outputs(reference, outputs, strict, rtol=RTOL):
+    """:func:`compare` for one output, or for every named output of a
+    dict-output model (pyramid levels): then ``per_output`` holds each
+    comparison, the top-level figures are the worst of them, and
+    ``passed`` needs every output to pass.
+
+    Raises:
+        ExportVerificationError: the file's outputs are not the model's
+            (names differ).
+    """
+    if not isinstance(reference, dict):
+        return compare(reference, outputs, strict, rtol)
+    if not isinstance(outputs, dict) or sorted(outputs) != sorted(reference):
+        got = sorted(outputs) if isinstance(outputs, dict) else "one unnamed output"
+        raise ExportVerificationError(f"the file's outputs {got} are not the model's "
+                                      f"{sorted(reference)}. Nothing was written.")
+    each = {k: compare(reference[k], outputs[k], strict, rtol) for k in sorted(reference)}
+    worst = max(each.values(), key=lambda r: r["rel_max_diff"])
+    result = dict(worst, top1_agreement=min(r["top1_agreement"] for r in each.values()),
+                  per_output=each)
+    if strict:
+        result["passed"] = all(r["passed"] for r in each.values())
+    return result
+
+
 def verify_file(fixed, path, verify_data, strict, n_images=8):
     """Runs ``path`` and the prepared Keras model ``fixed`` on the same images.
 
@@ -66,7 +91,7 @@ def verify_file(fixed, path, verify_data, strict, n_images=8):
     images = verification_images(verify_data, size, n_images)
     reference = fixed.predict(images, batch_size=int(fixed.input.shape[0]), verbose=0)
     outputs = runtime.load(path)(images)
-    result = compare(reference, outputs, strict)
+    result = compare_outputs(reference, outputs, strict)
     result["images"] = describe(verify_data, len(images))
     if strict and not result["passed"]:
         raise ExportVerificationError(

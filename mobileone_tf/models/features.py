@@ -52,4 +52,4 @@ def feature_extractor(model, levels=None, name=None):
     layers = level_layers(model)
     source = find_mobileone(model)
     outputs = {level: layers[level].output for level in levels}
-    return keras.Model(source.inputs, outputs, name=name or f"{source.name}_features")
+    return keras.Model(source.inputs[0], outputs, name=name or f"{source.name}_features")

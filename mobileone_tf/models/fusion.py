@@ -16,6 +16,20 @@ from mobileone_tf import layers as mo_layers
 from mobileone_tf.models.info import all_layers
 
 
+FUSERS = []
+"""``(handles, fuse)`` pairs registered by optional integrations
+(:mod:`mobileone_tf.hub` registers KerasHub backbones and tasks, which
+``clone_model`` would rebuild as plain functional models): :func:`fuse`
+hands a model for which ``handles(model)`` is true to ``fuse(model)``."""
+
+
+def register_fuser(handles, fuse_function):
+    """Registers ``fuse_function`` for the models for which ``handles(model)``
+    is true (see :data:`FUSERS`); registering the same pair twice is a no-op."""
+    if (handles, fuse_function) not in FUSERS:
+        FUSERS.append((handles, fuse_function))
+
+
 def _has_blocks(model) -> bool:
     return any(isinstance(layer, mo_layers.MobileOneBlock) for layer in all_layers(model))
 
@@ -33,7 +47,9 @@ def fuse(model):
 
     Args:
         model: a functional or ``Sequential`` ``keras.Model`` that calls
-            MobileOneBlocks directly or through nested models.
+            MobileOneBlocks directly or through nested models, or a model
+            a registered fuser handles (a KerasHub backbone or task holding a
+            ``mobileone_tf.hub.MobileOneBackbone``: same class back).
 
     Returns:
         The fused ``keras.Model`` (same inputs, outputs and name). In inference
@@ -43,6 +59,9 @@ def fuse(model):
         ValueError: ``model`` is not a functional or Sequential Keras model
             (e.g. a subclassed model).
     """
+    for handles, fuse_function in FUSERS:
+        if handles(model):
+            return fuse_function(model)
     if not isinstance(model, keras.Model):
         raise ValueError("fuse() expects a functional keras.Model, e.g. from "
                          f"MobileOne(...); received {type(model).__name__}.")

@@ -1,0 +1,43 @@
+"""MobileOne in KerasHub (optional: ``pip install "mobileone_tf[hub]"``).
+
+``MobileOneBackbone`` is a ``keras_hub.models.FeaturePyramidBackbone``
+(``pyramid_outputs`` ``"P1".."P5"``), so KerasHub's heads take it as their
+``image_encoder``::
+
+    import keras_hub
+    from mobileone_tf import hub
+    encoder = hub.MobileOneBackbone("s0", weights="mobileone_s0.pth.tar")
+    deeplab = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=encoder, spatial_pyramid_pooling_key="P5",
+        upsampling_size=8, dilation_rates=[6, 12, 18], low_level_feature_key="P2")
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(deeplab, num_classes=12)
+    deploy = mobileone_tf.fuse(segmenter)  # same class, every block fused
+
+Importing this package imports KerasHub (``import mobileone_tf`` does not) and
+registers :func:`fuse_hub_model` with :func:`mobileone_tf.fuse`.
+"""
+
+try:
+    import keras_hub  # noqa: F401
+except ImportError as e:  # pragma: no cover (depends on the install)
+    raise ImportError("mobileone_tf.hub needs KerasHub: pip install 'mobileone_tf[hub]' "
+                      f"(keras-hub==0.32.0); import failed: {e}") from e
+
+from mobileone_tf.hub.applications import ApplicationBackbone, pyramid_layer_names
+from mobileone_tf.hub.backbone import (STAGES, MobileOneBackbone, apply_finetuning,
+                                       batchnorm_layers, stage_of)
+from mobileone_tf.hub.deploy import DETECTIONS, raw_detections_model
+from mobileone_tf.hub.fusion import fuse_backbone, fuse_hub_model, handles
+from mobileone_tf.hub.presets import make_preset, make_presets
+from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
+                                    MobileOneImageClassifierPreprocessor,
+                                    MobileOneImageConverter, load_classifier_weights)
+from mobileone_tf.models.fusion import register_fuser
+
+register_fuser(handles, fuse_hub_model)
+
+__all__ = ["ApplicationBackbone", "pyramid_layer_names", "MobileOneBackbone",
+           "MobileOneImageClassifier", "MobileOneImageClassifierPreprocessor",
+           "MobileOneImageConverter", "STAGES", "apply_finetuning", "batchnorm_layers",
+           "stage_of", "fuse_backbone", "fuse_hub_model", "handles", "load_classifier_weights",
+           "make_preset", "make_presets", "DETECTIONS", "raw_detections_model"]

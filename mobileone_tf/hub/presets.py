@@ -1,0 +1,109 @@
+"""KerasHub presets (``save_to_preset`` directories) from MobileOne checkpoints.
+
+A preset directory holds ``config.json`` + ``model.weights.h5`` (the
+:class:`MobileOneBackbone`), and for a checkpoint with a classifier
+``task.json`` + ``task.weights.h5`` (:class:`MobileOneImageClassifier`),
+``preprocessor.json`` and ``image_converter.json``. Load it offline with
+``keras_hub.models.ImageClassifier.from_preset(DIR)`` or
+``keras_hub.models.Backbone.from_preset(DIR)`` (after ``import
+mobileone_tf.hub``, which registers the classes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+from mobileone_tf import models as mo_models
+from mobileone_tf import variants
+from mobileone_tf.hub.backbone import MobileOneBackbone
+from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
+                                    MobileOneImageClassifierPreprocessor,
+                                    MobileOneImageConverter, load_classifier_weights)
+
+
+def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=False):
+    """Writes a KerasHub preset directory from a MobileOne checkpoint.
+
+    Args:
+        checkpoint: a ``.weights.h5`` written by this package (e.g. a ported
+            ImageNet checkpoint, :func:`mobileone_tf.weights.imagenet_weights_path`)
+            or a PyTorch checkpoint (Apple, timm or mmpretrain layout, either
+            form).
+        output_dir: the preset directory to write (written in a staging folder
+            beside it, then moved into place: never half-written).
+        variant: expected variant (``None``: the one the checkpoint holds).
+        fused: save the fused (deploy) form instead of the branched one.
+        overwrite: replace an existing ``output_dir``.
+
+    Returns:
+        ``output_dir``. With a classifier in the checkpoint the preset is a
+        ``MobileOneImageClassifier`` (logits, ``num_classes`` from the head,
+        converter 224x224 with ImageNet normalization); otherwise a backbone.
+
+    Raises:
+        FileExistsError: ``output_dir`` exists and not ``overwrite``.
+        FileNotFoundError, ValueError: an unreadable checkpoint or one of
+            another variant (named).
+    """
+    output_dir = os.fspath(output_dir)
+    if os.path.lexists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists (pass overwrite=True to replace it)")
+    state, what = mo_models.read_state(checkpoint, variant=variant)
+    if state is None:
+        raise ValueError(f"{checkpoint}: not a MobileOne checkpoint")
+    found = variant or _variant_of(what)
+    backbone = MobileOneBackbone(found, fused=fused)
+    model = backbone
+    if "head/kernel" in state:
+        model = MobileOneImageClassifier(
+            backbone=backbone, num_classes=int(state["head/kernel"].shape[-1]),
+            preprocessor=MobileOneImageClassifierPreprocessor(MobileOneImageConverter()))
+        load_classifier_weights(model, checkpoint)
+    else:
+        mo_models.assign_state(backbone, state)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        model.save_to_preset(staged)
+        if os.path.lexists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(staged, output_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return output_dir
+
+
+def _variant_of(description):
+    """The variant named by :func:`mobileone_tf.models.read_state`'s
+    description (``"MobileOne-S0 (fused, apple layout)"``)."""
+    match = re.match(r"MobileOne-(S\d)\b", description or "")
+    if not match:
+        raise ValueError(f"cannot tell the variant of a checkpoint holding {description!r}: "
+                         "pass variant=")
+    return variants.get_variant(match.group(1)).name
+
+
+def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False):
+    """Presets ``{output_root}/mobileone_{variant}_imagenet`` for S0-S4.
+
+    Args:
+        checkpoints: ``{variant: checkpoint path}``; default: the ported
+            ImageNet weights of every variant
+            (:func:`mobileone_tf.weights.imagenet_weights_path`, which
+            downloads or reads the Keras cache / ``$MOBILEONE_TF_CHECKPOINTS``).
+
+    Returns:
+        ``{variant: preset directory}``.
+    """
+    if checkpoints is None:
+        from mobileone_tf import weights as mo_weights
+        checkpoints = {v: mo_weights.imagenet_weights_path(v, fused=fused)
+                       for v in variants.VARIANTS}
+    return {v: make_preset(path, os.path.join(os.fspath(output_root),
+                                              f"mobileone_{v}_imagenet"),
+                           variant=v, fused=fused, overwrite=overwrite)
+            for v, path in checkpoints.items()}

@@ -1,0 +1,79 @@
+"""KerasHub task classes for MobileOne, in KerasHub's pattern (one
+``backbone_cls`` per class, as ``keras_hub/src/models/resnet``): an image
+converter, a classifier preprocessor and an image classifier."""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+
+from mobileone_tf import models as mo_models
+from mobileone_tf.hub.backbone import MobileOneBackbone
+
+SCALE = tuple(1.0 / (255.0 * s) for s in mo_models.IMAGENET_STD)
+"""Converter ``scale``: RGB 0..255 -> ImageNet-normalized with ``OFFSET``."""
+OFFSET = tuple(-m / s for m, s in zip(mo_models.IMAGENET_MEAN, mo_models.IMAGENET_STD))
+
+
+@keras.saving.register_keras_serializable(package="mobileone_tf")
+class MobileOneImageConverter(keras_hub.layers.ImageConverter):
+    """Resizes RGB 0..255 images and normalizes them with ImageNet mean/std
+    (``(x / 255 - mean) / std``, the ``scale``/``offset`` defaults here), as
+    Apple's training and evaluation transforms do. Arguments as
+    ``keras_hub.layers.ImageConverter``; ``image_size`` default ``(224, 224)``
+    (largest centred crop of the target aspect ratio, then bilinear resize;
+    Apple's evaluation resizes the short side to 256 and crops 224)."""
+
+    backbone_cls = MobileOneBackbone
+
+    def __init__(self, image_size=(224, 224), scale=SCALE, offset=OFFSET, **kwargs):
+        super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="mobileone_tf")
+class MobileOneImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreprocessor):
+    """``ImageClassifierPreprocessor`` with a :class:`MobileOneImageConverter`."""
+
+    backbone_cls = MobileOneBackbone
+    image_converter_cls = MobileOneImageConverter
+
+
+@keras.saving.register_keras_serializable(package="mobileone_tf")
+class MobileOneImageClassifier(keras_hub.models.ImageClassifier):
+    """MobileOne image classifier: ``MobileOneBackbone`` -> global average
+    pool -> dropout -> dense ``"predictions"`` (Apple's head:
+    ``avg_pool -> linear``), arguments as ``keras_hub.models.ImageClassifier``.
+    The dense layer takes this package's ``head/kernel``, ``head/bias`` state
+    (:func:`mobileone_tf.hub.load_classifier_weights`)."""
+
+    backbone_cls = MobileOneBackbone
+    preprocessor_cls = MobileOneImageClassifierPreprocessor
+
+
+def load_classifier_weights(classifier, path):
+    """Loads a MobileOne checkpoint (``.weights.h5`` or PyTorch, either form,
+    see :func:`mobileone_tf.models.read_state`) into a
+    :class:`MobileOneImageClassifier`: the backbone, and the ``head/*``
+    entries into its ``predictions`` layer.
+
+    Raises:
+        ValueError: the file does not fit (names the keys or shapes); nothing
+            is assigned then.
+    """
+    state, what = mo_models.read_state(path)
+    if state is None:
+        raise ValueError(f"{path}: not a MobileOne weights file (plain Keras weights load "
+                         "with classifier.load_weights)")
+    head = [state.get("head/kernel"), state.get("head/bias")]
+    dense = classifier.output_dense
+    if head[0] is None or head[1] is None:
+        raise ValueError(f"{path} holds {what} weights without a classifier (head/kernel, "
+                         "head/bias)")
+    expected = [tuple(w.shape) for w in dense.weights]
+    if [tuple(h.shape) for h in head] != expected:
+        raise ValueError(f"{path}: classifier head/kernel, head/bias have shapes "
+                         f"{[tuple(h.shape) for h in head]}, the model's 'predictions' layer "
+                         f"{expected}")
+    mo_models.assign_state(classifier.backbone, state)
+    dense.set_weights(head)
+    return classifier

@@ -1,0 +1,170 @@
+"""Segmentation (mobileone_tf.segmentation): bad input named, the scores
+against a hand-computed confusion matrix and keras.metrics.MeanIoU, the
+360x480 deploy model exported to TFLite and ONNX (verified against Keras),
+and scripts/train_segmenter.py on a tiny slice of CamVid."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras_hub", reason="KerasHub not installed (pip install -e '.[hub]')")
+
+from PIL import Image  # noqa: E402
+
+import mobileone_tf as mo  # noqa: E402
+from mobileone_tf import export, segmentation  # noqa: E402
+from mobileone_tf.segmentation import data as seg_data  # noqa: E402
+from mobileone_tf.segmentation import metrics as seg_metrics  # noqa: E402
+from mobileone_tf.segmentation import runner  # noqa: E402
+from tests.conftest import ROOT, require_shared  # noqa: E402
+from tests.helpers import randomize_batchnorm, rel_max_diff  # noqa: E402
+
+
+@pytest.mark.parametrize("size,side", [((360, 480), "height 360"), ((384, 500), "width 500"),
+                                       ((16, 64), "height 16")])
+def test_size_not_divisible_by_32_is_named(size, side):
+    with pytest.raises(ValueError, match=f"{side} is not a multiple of 32"):
+        segmentation.check_size(size)
+    with pytest.raises(ValueError, match=side):
+        segmentation.build_segmenter("mobileone_s0", 11, size)
+
+
+def _folder(root, masks):
+    """A CamVid-layout folder with one 64x96 image per mask (all splits)."""
+    for sub in ("images", "masks", "splits"):
+        os.makedirs(root / sub, exist_ok=True)
+    stems = []
+    for i, mask in enumerate(masks):
+        stem = f"im{i}"
+        image = np.full((64, 96, 3), 40 * i, np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{stem}.jpg")
+        Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{stem}.png")
+        stems.append(stem)
+    for split in ("train", "val", "test"):
+        (root / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    return root
+
+
+def test_mask_value_outside_classes_is_named(tmp_path):
+    good = np.zeros((64, 96), int)
+    bad = good.copy()
+    bad[3, 4] = 12
+    root = _folder(tmp_path / "data", [good, bad])
+    config = runner.SegConfig(epochs=1, batch_size=1, crop_size=(64, 96))
+    with pytest.raises(ValueError, match=r"im1\.png: mask value 12 is outside the classes "
+                                         r"0\.\.10 and ignore class 11"):
+        runner.run(config, root, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert seg_data.check_masks(seg_data.split_pairs(root, "train", limit=1), 11, 11) == (64, 96)
+    with pytest.raises(FileNotFoundError, match="no split file"):
+        seg_data.split_pairs(tmp_path, "train")
+
+
+def test_scores_against_hand_computed_confusion_matrix():
+    # 3 classes, labels/predictions chosen so that every IoU is easy by hand
+    true = np.array([[0, 0, 1, 1, 2, 2, 3]])  # 3 = ignored
+    logits = np.eye(3)[np.array([[0, 1, 1, 1, 2, 0, 2]])].astype("float32")
+    metric = seg_metrics.mean_iou_metric(3, ignore_class=3)
+    metric.update_state(true[:, :, None][..., 0], logits)
+    got = seg_metrics.scores(metric.total_cm.numpy(), ["a", "b", "c"])
+    # class a: TP 1, FP 1 (a 'c' pixel), FN 1 -> 1/3; b: TP 2, FP 1 -> 2/3; c: TP 1, FN 1 -> 1/2
+    expected = {"a": 1 / 3, "b": 2 / 3, "c": 1 / 2}
+    assert got["per_class_iou"] == pytest.approx(expected)
+    assert got["mean_iou"] == pytest.approx(np.mean(list(expected.values())))
+    assert got["mean_iou"] == pytest.approx(float(metric.result()))
+    assert got["pixel_accuracy"] == pytest.approx(4 / 6) and got["labelled_pixels"] == 6
+
+
+@pytest.fixture(scope="module")
+def deploy_360x480():
+    segmenter = randomize_batchnorm(segmentation.build_segmenter("mobileone_s0", 11, (384, 480)),
+                                    seed=11)
+    fused = mo.fuse(segmenter)
+    return segmenter, fused, segmentation.deploy_model(fused, (360, 480))
+
+
+def test_deploy_model_pads_and_names_outputs(deploy_360x480):
+    segmenter, fused, deploy = deploy_360x480
+    x = np.random.default_rng(2).uniform(0, 255, (1, 360, 480, 3)).astype("float32")
+    padded = np.pad(x, ((0, 0), (0, 24), (0, 0), (0, 0)))
+    want = segmenter.predict(padded, verbose=0)[:, :360]
+    got = deploy.predict(x, verbose=0)
+    assert got.shape == (1, 360, 480, 11) and deploy.layers[-1].name == "logits"
+    assert rel_max_diff(want, got) <= 1e-5
+    class_map = segmentation.deploy_model(fused, (360, 480), output="class_map")
+    np.testing.assert_array_equal(class_map.predict(x, verbose=0), got.argmax(-1))
+    with pytest.raises(ValueError, match="takes 384x480 images; deploying at 300x480 needs "
+                                         "one built for 320x480"):
+        segmentation.deploy_model(fused, (300, 480))
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "mlpackage"])
+def test_segmenter_exports_at_360x480(deploy_360x480, tmp_path, fmt):
+    """TFLite and ONNX run and match Keras (export's strict verification);
+    Core ML is spec-checked (no Core ML runtime on Linux)."""
+    _, _, deploy = deploy_360x480
+    to = {"tflite": export.to_tflite, "onnx": export.to_onnx,
+          "mlpackage": export.to_coreml}[fmt]
+    path, report = to(deploy, str(tmp_path / f"segmenter.{fmt}"), input_size=(360, 480),
+                      fuse=False)
+    assert os.path.exists(path)
+    (output,) = report["outputs"]
+    assert output["name"] == "logits"
+    if fmt == "mlpackage":
+        checks = export.coreml.check_coreml(path, deploy)["checks"]
+        assert all(checks.values()), checks
+        return
+    assert list(output["shape"]) == [1, 360, 480, 11]
+    assert report["verification"]["passed"] is True
+    assert report["verification"]["rel_max_diff"] <= 1e-4
+
+
+def test_runner_resumes_and_refuses_a_finished_run(tmp_path):
+    """A killed run continues from its last epoch; a finished one is refused.
+    Fused encoder in-process (the branched step needs TF_ENABLE_ONEDNN_OPTS=0,
+    which the script sets; see tests/hub_worker.py)."""
+    from mobileone_tf import training
+    rng = np.random.default_rng(0)
+    root = _folder(tmp_path / "data", [rng.integers(0, 12, (64, 96)) for _ in range(4)])
+    config = runner.SegConfig(epochs=2, batch_size=2, crop_size=(64, 96), fused=True,
+                              learning_rate=1e-4)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        runner.run(config, root, out, callbacks=[training.FailAt(1, 0)])
+    assert training.run_state(out) == "unfinished"
+    with pytest.raises(FileExistsError, match="--resume"):
+        runner.run(config, root, out)
+    summary = runner.run(config, root, out, resume=True)
+    assert summary["epochs_run_here"] == 1 and summary["log_rows"] == 2
+    assert summary["test"]["images"] == 4
+    assert summary["test"]["mean_iou"] == pytest.approx(summary["test"]["keras_mean_iou"],
+                                                        abs=1e-6)
+    assert set(summary["test"]["per_class_iou"]) == set(seg_data.CAMVID_CLASSES)
+    with pytest.raises(FileExistsError, match="finished run"):
+        runner.run(config, root, out)
+
+
+@pytest.mark.skipif(not os.environ.get("MOBILEONE_TF_SEGMENTATION_ALL"),
+                    reason="slow (2 subprocess runs, ~2 min): MOBILEONE_TF_SEGMENTATION_ALL=1")
+def test_train_segmenter_script_on_camvid_slice(tmp_path):
+    shared = require_shared("camvid/splits/train.txt", "mobileone_s0.pth.tar")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "scripts/train_segmenter.py", "--data", str(shared / "camvid"),
+           "--weights", str(shared / "mobileone_s0.pth.tar"), "--limit", "2", "--epochs", "1",
+           "--batch_size", "2", "--crop_size", "64,96", "--output_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for split in ("val", "test"):
+        scores = summary[split]
+        assert 0.0 <= scores["mean_iou"] <= 1.0 and scores["images"] == 2
+        assert set(scores["per_class_iou"]) == set(seg_data.CAMVID_CLASSES)
+        assert scores["mean_iou"] == pytest.approx(scores["keras_mean_iou"], abs=1e-6)
+    assert {"fused.keras", "best.weights.h5", "last.weights.h5", "log.csv"} <= set(
+        os.listdir(out))
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "error:" in again.stderr and "finished run" in again.stderr
