@@ -41,6 +41,8 @@ flags.DEFINE_integer("rounds", D["rounds"], "Split the runs into this many round
 flags.DEFINE_integer("image_size", D["image_size"], "Input height = width.")
 flags.DEFINE_enum("study", None, list(bench.STUDIES), "Paper latency study.")
 flags.DEFINE_enum("mode", D["mode"], list(bench.MODES), "Inference latency or training.")
+flags.DEFINE_list("precisions", D["precisions"], "--mode train: float32 and/or bfloat16 "
+                  "(Keras mixed_bfloat16, PyTorch CPU autocast).")
 flags.DEFINE_string("workdir", None, "Cache for converted model files (default: temp dir).")
 flags.DEFINE_string("import_device_results", None,
                     "benchmark_model log or CoreML report JSON to tabulate instead.")
@@ -58,7 +60,8 @@ def main(argv):
               "quantizations": FLAGS.quantizations,
               "baselines": [b for b in FLAGS.baselines if b], "models": FLAGS.models,
               "runs": FLAGS.runs, "warmup": FLAGS.warmup, "rounds": FLAGS.rounds,
-              "image_size": FLAGS.image_size, "workdir": FLAGS.workdir}
+              "image_size": FLAGS.image_size, "workdir": FLAGS.workdir,
+              "precisions": FLAGS.precisions}
     print(bench.run_and_report(
         config, import_device_results=FLAGS.import_device_results, json_path=FLAGS.json,
         markdown_path=FLAGS.markdown, plot_path=FLAGS.plot, plot_runtime=FLAGS.plot_runtime,

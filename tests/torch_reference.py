@@ -17,7 +17,10 @@ runs a fixed random input (2x3x64x64, seed 0) in eval mode and writes:
   module definitions. Apple's real fused S0 checkpoint is tested directly);
 * ``{v}.npz``: ``x_nchw``, ``x_nhwc``, ``logits`` (eval-mode timm output),
   ``features_P1`` .. ``features_P5`` (NHWC; timm's ``features_only=True``
-  model with the same weights: stem and stages 1-4).
+  model with the same weights: stem and stages 1-4); for s0 also
+  ``s0_train.npz``: training-mode logits (batch statistics) and the gradient
+  of ``sum(logits ** 2)`` with respect to the NHWC input, in float64 and in
+  float32 (the float32 error is the scale a float32 implementation is held to).
 
 With ``--real``: Apple's fused S0 checkpoint renamed into timm's
 re-parameterized ``mobileone_s0`` (an independent forward pass), run on 8 real
@@ -149,6 +152,27 @@ def variant_fixtures(out, size):
         np.savez(os.path.join(out, f"{v}.npz"), x_nchw=x.numpy(),
                  x_nhwc=x.numpy().transpose(0, 2, 3, 1), logits=logits,
                  logits_reparam=logits_rep, **maps)
+        if v == "s0":  # training mode: batch statistics, and the input gradient
+            train = timm.create_model(f"mobileone_{v}", pretrained=False)
+            train.load_state_dict(sd)
+            train.train()
+            # 8 x 64 x 64: batch statistics over >= 32 values per channel (with
+            # 2 images the 2 x 2 stage-4 maps make BatchNorm amplify rounding;
+            # >= 96 px would crash TF 2.21's oneDNN in the Keras step on some CPUs)
+            # float64 is the reference; float32's own error against it sets the scale
+            x_np = np.random.default_rng(7).uniform(-2, 2, (8, 3, 64, 64)).astype(np.float32)
+            results = {}
+            for dtype in (torch.float32, torch.float64):
+                net = train.to(dtype)
+                xt = torch.from_numpy(x_np).to(dtype).requires_grad_(True)
+                out_train = net(xt)
+                (out_train ** 2).sum().backward()
+                results[dtype] = (out_train.detach().double().numpy(),
+                                  xt.grad.double().numpy().transpose(0, 2, 3, 1))
+            np.savez(os.path.join(out, "s0_train.npz"), x_nhwc=x_np.transpose(0, 2, 3, 1),
+                     logits=results[torch.float64][0], grad_nhwc=results[torch.float64][1],
+                     logits_float32=results[torch.float32][0],
+                     grad_nhwc_float32=results[torch.float32][1])
 
 
 def load_images(folder, n=8):

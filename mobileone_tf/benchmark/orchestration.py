@@ -18,13 +18,16 @@ from mobileone_tf.benchmark.torch_worker import run_torch, torch_available
 
 RUNTIMES = workers.TF_RUNTIMES + ("torch",)
 MODES = ("latency", "train")
+PRECISIONS = ("float32", "bfloat16")
+"""Training precisions (``--mode train``): float32, or bfloat16 mixed
+precision (Keras ``mixed_bfloat16``; PyTorch ``autocast`` on the CPU)."""
 STUDIES = ("activations", "blocks", "flops")
 
 DEFAULTS = {"mode": "latency", "study": None, "variants": ["s0", "s1", "s2", "s3", "s4"],
             "runtimes": ["keras", "tflite", "onnx"], "threads": [1, 2],
             "forms": ["fused", "branched"], "quantizations": ["float32", "float16", "int8"],
             "baselines": True, "runs": 100, "warmup": 10, "rounds": 5, "workdir": None,
-            "image_size": zoo.IMAGE_SIZE, "models": None}
+            "image_size": zoo.IMAGE_SIZE, "models": None, "precisions": ["float32"]}
 """Configuration defaults of :func:`run` (also the script's flag defaults)."""
 
 
@@ -66,6 +69,7 @@ def check_config(config: dict) -> dict:
     cfg["variants"] = [str(v).lower() for v in cfg["variants"]]
     _check_subset("variants", cfg["variants"], sorted(VARIANTS))
     _check_subset("forms", cfg["forms"], zoo.FORMS)
+    _check_subset("precisions", cfg["precisions"], PRECISIONS)
     if cfg["baselines"] not in (True, False):
         _check_subset("baselines", cfg["baselines"], zoo.BASELINES)
     _check_subset("models", cfg["models"] or [], sorted(_known_models()))
@@ -180,21 +184,27 @@ def _torch_latency(cfg, threads, result):
 
 
 def _run_train(cfg, result):
-    variant = cfg["variants"][0]
-    for threads in cfg["threads"]:
-        spec = {"threads": threads, "runs": cfg["runs"], "warmup": cfg["warmup"],
-                "train": variant, "image_size": cfg["image_size"]}
-        out = workers.spawn_worker(spec)
-        result["rows"] += out["rows"]
-        result["errors"] += out["errors"]
-        if torch_available():
-            try:
-                t = run_torch({"mode": "train", "variants": [variant], "threads": threads,
-                               "runs": cfg["runs"], "warmup": cfg["warmup"],
-                               "size": cfg["image_size"], "batch": workers.TRAIN_BATCH})
-                result["rows"] += t["rows"]
-            except Exception as e:  # noqa: BLE001 - reported, run continues
-                result["errors"].append(f"torch train: {e}")
+    """Training throughput: for every variant, thread count and precision,
+    the Keras step (its own worker process) then timm's (PyTorch process)."""
+    for variant in cfg["variants"]:
+        for threads in cfg["threads"]:
+            for precision in cfg["precisions"]:
+                spec = {"threads": threads, "runs": cfg["runs"], "warmup": cfg["warmup"],
+                        "train": variant, "image_size": cfg["image_size"],
+                        "precision": precision}
+                out = workers.spawn_worker(spec)
+                result["rows"] += out["rows"]
+                result["errors"] += out["errors"]
+                if not torch_available():
+                    continue
+                try:
+                    t = run_torch({"mode": "train", "variants": [variant], "threads": threads,
+                                   "runs": cfg["runs"], "warmup": cfg["warmup"],
+                                   "size": cfg["image_size"], "batch": workers.TRAIN_BATCH,
+                                   "precision": precision})
+                    result["rows"] += t["rows"]
+                except Exception as e:  # noqa: BLE001 - reported, run continues
+                    result["errors"].append(f"torch train: {e}")
     return result
 
 

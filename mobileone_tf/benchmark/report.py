@@ -297,9 +297,11 @@ def to_markdown(result: dict) -> str:
     train = [r for r in result["rows"] if "images_per_s" in r]
     if train:
         lines += [""] + _table(
-            ("model", "runtime", "threads", "batch", "step median (ms)", "images/s"),
-            [[f"{r['model']} ({r['form']})", r["runtime"], r["threads"], r["batch"],
-              f"{r['median_ms']:.0f}", f"{r['images_per_s']:.1f}"] for r in train])
+            ("model", "runtime", "precision", "threads", "batch", "step median (ms)",
+             "images/s"),
+            [[f"{r['model']} ({r['form']})", r["runtime"], r.get("precision", "float32"),
+              r["threads"], r["batch"], f"{r['median_ms']:.0f}", f"{r['images_per_s']:.1f}"]
+             for r in train])
     lines += _findings_lines(result)
     if result.get("errors"):
         lines += ["", "Errors / skipped: " + "; ".join(result["errors"])]

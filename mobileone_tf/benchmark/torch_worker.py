@@ -81,16 +81,19 @@ def _train(spec, torch, timm):
     x = torch.rand(spec["batch"], 3, spec["size"], spec["size"])
     y = torch.randint(0, 1000, (spec["batch"],))
 
+    bf16 = spec.get("precision") == "bfloat16"
+
     def step():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(m(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
         loss.backward()
         opt.step()
 
     s = stats.time_callable(step, spec["runs"], spec["warmup"])
     return [{"model": f"mobileone_{v}", "form": "branched", "runtime": "torch-train",
              "threads": spec["threads"], "batch": spec["batch"],
-             "images_per_s": spec["batch"] / (s["median_ms"] / 1e3), **s}]
+             "precision": spec.get("precision", "float32"), "images_per_s": spec["batch"] / (s["median_ms"] / 1e3), **s}]
 
 
 def main(spec: dict) -> dict:

@@ -222,7 +222,8 @@ def worker(spec: dict) -> dict:
 
 
 def run_train_keras(variant: str, threads: int, runs: int, warmup: int,
-                    batch: int = TRAIN_BATCH, size: int = zoo.IMAGE_SIZE) -> dict:
+                    batch: int = TRAIN_BATCH, size: int = zoo.IMAGE_SIZE,
+                    precision: str = "float32") -> dict:
     """Training throughput of the branched model: ``train_on_batch`` (SGD
     0.01, momentum 0.9, sparse categorical cross-entropy) on a fixed random
     batch, timed by :func:`mobileone_tf.benchmark.stats.time_callable`.
@@ -233,7 +234,13 @@ def run_train_keras(variant: str, threads: int, runs: int, warmup: int,
     """
     import keras
     from mobileone_tf.models import MobileOne
-    model = MobileOne(variant, weights=None, input_shape=(size, size, 3))
+    policy = keras.mixed_precision.dtype_policy()
+    if precision == "bfloat16":  # float32 weights, bfloat16 compute, float32 softmax
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = MobileOne(variant, weights=None, input_shape=(size, size, 3))
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
@@ -241,7 +248,7 @@ def run_train_keras(variant: str, threads: int, runs: int, warmup: int,
     y = rng.integers(0, 1000, (batch,)).astype(np.int32)
     s = stats.time_callable(lambda: model.train_on_batch(x, y), runs, warmup)
     return {"model": f"mobileone_{variant}", "form": "branched", "runtime": "keras-train",
-            "threads": threads, "batch": batch,
+            "threads": threads, "batch": batch, "precision": precision,
             "images_per_s": batch / (s["median_ms"] / 1e3), **s}
 
 
@@ -250,7 +257,8 @@ def _train_worker(spec: dict) -> dict:
     _fix_threads(threads)
     try:
         return {"rows": [run_train_keras(spec["train"], threads, int(spec["runs"]),
-                                         int(spec["warmup"]), size=int(spec["image_size"]))],
+                                         int(spec["warmup"]), size=int(spec["image_size"]),
+                                         precision=spec.get("precision", "float32"))],
                 "errors": []}
     except Exception as e:  # noqa: BLE001 - reported, run continues
         return {"rows": [], "errors": [f"keras train: {type(e).__name__}: {e}"]}

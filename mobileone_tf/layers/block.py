@@ -32,6 +32,7 @@ from mobileone_tf.layers.assign import assign_layers, layer_state
 from mobileone_tf.layers.folding import (BN_EPSILON, BN_MOMENTUM, branched_state_from_fused,
                                          fused_kernel_bias)
 from mobileone_tf.layers.fused import apply_fused, conv_padding, fused_layers
+from mobileone_tf.layers.grouped import can_group, grouped_branch_sum
 
 
 
@@ -64,6 +65,12 @@ class MobileOneBlock(keras.layers.Layer):
             replicas of a ``tf.distribute`` strategy (Keras
             ``BatchNormalization(synchronized=True)``, TensorFlow backend);
             ``False``: per-replica statistics. Same weights either way.
+        grouped_branches: compute the k kxk branches as one convolution and
+            one BatchNorm pass (:mod:`mobileone_tf.layers.grouped`; same
+            outputs, gradients and statistics, same weights). Off by
+            default: slower than separate branches with TensorFlow 2.21's
+            CPU kernels (docs/training_speed.md). ``False``: one conv and
+            one BatchNorm layer call per branch (as Apple's code).
 
     Call arguments:
         inputs: ``(batch, height, width, in_channels)`` NHWC tensor.
@@ -78,7 +85,8 @@ class MobileOneBlock(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, depthwise=False,
-                 num_conv_branches=1, use_se=False, synchronized_bn=False, **kwargs):
+                 num_conv_branches=1, use_se=False, synchronized_bn=False,
+                 grouped_branches=False, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("filters", filters), ("kernel_size", kernel_size),
                            ("num_conv_branches", num_conv_branches)):
@@ -94,6 +102,7 @@ class MobileOneBlock(keras.layers.Layer):
         self.num_conv_branches = int(num_conv_branches)
         self.use_se = bool(use_se)
         self.synchronized_bn = bool(synchronized_bn)
+        self.grouped_branches = bool(grouped_branches)
         self.in_channels = None
 
     # -- construction -----------------------------------------------------
@@ -157,9 +166,12 @@ class MobileOneBlock(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = self.pad(inputs) if self.pad is not None else inputs
         out = None
-        for conv, bn in zip(self.conv_kxk, self.bn_kxk):
-            y = bn(conv(x), training=training)
-            out = y if out is None else out + y
+        if self.grouped_branches and can_group(self, training):
+            out = grouped_branch_sum(self, x, training)
+        else:
+            for conv, bn in zip(self.conv_kxk, self.bn_kxk):
+                y = bn(conv(x), training=training)
+                out = y if out is None else out + y
         if self.conv_scale is not None:
             out = out + self.bn_scale(self.conv_scale(inputs), training=training)
         if self.identity is not None:
@@ -180,7 +192,8 @@ class MobileOneBlock(keras.layers.Layer):
         config.update(filters=self.filters, kernel_size=self.kernel_size,
                       strides=self.strides, depthwise=self.depthwise,
                       num_conv_branches=self.num_conv_branches, use_se=self.use_se,
-                      synchronized_bn=self.synchronized_bn)
+                      synchronized_bn=self.synchronized_bn,
+                      grouped_branches=self.grouped_branches)
         return config
 
     # -- weights as arrays ---------------------------------------------------
