@@ -7,7 +7,7 @@ import numpy as np
 
 from mobileone_tf.fileio import write_json
 
-__all__ = ["evaluate", "evaluate_folder", "write_json"]
+__all__ = ["agreement", "evaluate", "evaluate_folder", "write_json"]
 
 
 def evaluate(predict, dataset, num_examples=None, progress=True):
@@ -52,7 +52,7 @@ def evaluate(predict, dataset, num_examples=None, progress=True):
 
 
 def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32, image_size=224,
-                    crop_pct=0.875, progress=True):
+                    crop_pct=0.875, progress=True, include=None):
     """Top-1 / top-5 of ``predict`` on a labelled image folder, skipping (and
     reporting) undecodable images.
 
@@ -65,6 +65,8 @@ def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32, image_si
             ``0..num_classes-1``.
         batch_size, image_size, crop_pct: see
             :func:`mobileone_tf.data.eval_dataset` (PIL, torchvision-exact).
+        include: glob patterns of the paths to score (``None``: all; see
+            :func:`mobileone_tf.data.select_paths`), e.g. a held-out slice.
 
     Returns:
         the :func:`evaluate` dict (``n`` counts the scored images only),
@@ -88,7 +90,9 @@ def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32, image_si
     skipped = []
     dataset = data.eval_dataset(data_dir, batch_size, image_size, crop_pct,
                                 synset_to_index=synsets, num_classes=num_classes,
-                                skipped=skipped)
+                                skipped=skipped, include=include)
+    if include:
+        paths = data.select_paths(paths, include=include)
     try:
         result = evaluate(predict, dataset, len(paths), progress=progress)
     except ValueError:
@@ -99,3 +103,31 @@ def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32, image_si
     bad = set(skipped)
     return {**result, "files": [p for p in paths if p not in bad],
             "skipped": sorted(skipped), "n_skipped": len(skipped)}
+
+
+def agreement(result, reference):
+    """Top-1 agreement of two :func:`evaluate_folder` results on the same images.
+
+    A paired measure of how far a compressed model (e.g. int8) is from its
+    float reference: far less noisy than the difference of two top-1
+    accuracies on the same images.
+
+    Args:
+        result, reference: dicts with ``files`` and ``predictions`` (e.g. the
+            JSON of ``scripts/evaluate.py --per_image``).
+
+    Returns:
+        ``{"agreement": fraction, "n": images in both}``.
+
+    Raises:
+        ValueError: a dict lacks per-image predictions, or no file is shared.
+    """
+    for what, r in (("result", result), ("reference", reference)):
+        if "files" not in r or "predictions" not in r:
+            raise ValueError(f"{what} has no per-image predictions (evaluate with --per_image)")
+    ref = dict(zip(reference["files"], reference["predictions"]))
+    pairs = [(p, ref[f]) for f, p in zip(result["files"], result["predictions"]) if f in ref]
+    if not pairs:
+        raise ValueError("the two results share no image file")
+    same = np.mean([int(a) == int(b) for a, b in pairs])
+    return {"agreement": float(same), "n": len(pairs)}

@@ -1,4 +1,5 @@
-"""Atomic file writes shared by every module that writes results: the data
+"""Atomic file writes shared by every module that writes results (and
+:func:`read_json`, their reader): the data
 goes to a temporary file in the destination folder (same filesystem), then
 ``os.replace`` moves it into place, so a reader never sees a half-written
 file and a failure leaves nothing behind."""
@@ -40,3 +41,18 @@ def _umask() -> int:
 def write_json(obj, path, *, indent: int = 2, default=None) -> str:
     """``obj`` as JSON, written atomically (see :func:`atomic_write`)."""
     return atomic_write(path, json.dumps(obj, indent=indent, default=default))
+
+
+def read_json(path):
+    """The JSON object of ``path``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON (naming the file and the position).
+    """
+    path = os.fspath(path)
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -28,6 +28,10 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Centre-crop size (pixels).")
 flags.DEFINE_float("crop_pct", 0.875, "Centre-crop fraction (resize short side to size/crop_pct).")
 flags.DEFINE_bool("per_image", False, "Keep per-image files, predictions and labels in the JSON.")
+flags.DEFINE_list("include", None, "Score only the paths matching one of these globs "
+                  "(e.g. a held-out slice: '*/images/*_2[0-4].JPEG').")
+flags.DEFINE_string("reference", None, "A --per_image JSON of another model on the same data: "
+                    "also report the top-1 agreement with it.")
 
 
 def main(argv):
@@ -46,11 +50,17 @@ def main(argv):
                                        fused=FLAGS.fused, classifier_activation=None)
         predict, classes = model.predict_on_batch, int(model.output_shape[-1])
         what = {"variant": FLAGS.variant, "weights": FLAGS.weights, "fused": FLAGS.fused}
+    reference = fileio.read_json(FLAGS.reference) if FLAGS.reference else None
     result = evaluation.evaluate_folder(predict, FLAGS.data, classes, FLAGS.batch_size,
-                                        FLAGS.image_size, FLAGS.crop_pct)
+                                        FLAGS.image_size, FLAGS.crop_pct, include=FLAGS.include)
     summary = {key: result[key] for key in ("top1", "top5", "n", "n_skipped", "skipped")}
-    summary.update(what, data=FLAGS.data, image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+    summary.update(what, data=FLAGS.data, image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct,
+                   include=FLAGS.include)
     print(f"top-1 {summary['top1']:.4f}  top-5 {summary['top5']:.4f}  on {summary['n']} images")
+    if reference is not None:
+        summary["reference"] = {"json": FLAGS.reference,
+                                **evaluation.agreement(result, reference)}
+        print(f"top-1 agreement with {FLAGS.reference}: {summary['reference']['agreement']:.4f}")
     if result["n_skipped"]:
         print(data.describe_skipped(result["skipped"], result["n"] + result["n_skipped"]))
     if FLAGS.json:

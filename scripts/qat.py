@@ -1,6 +1,6 @@
 r"""Quantization-aware training of a fused MobileOne to a full-integer int8 TFLite model.
 
-    python scripts/qat.py --variant s0 --weights imagenet --train_data DIR \
+    python scripts/qat.py --variant s0 --weights imagenet --train_data DIR[,DIR...] \
         --epochs 1 --steps_per_epoch 300 --output mobileone_s0_int8.tflite
 
 Thin absl shell over :func:`mobileone_tf.quantization.qat_from_weights`
@@ -13,7 +13,13 @@ from absl import flags
 from mobileone_tf import cli
 
 cli.define_model_flags(variant="s0", weights="imagenet")
-flags.DEFINE_string("train_data", None, "folder of (unlabelled) training images", required=True)
+flags.DEFINE_list("train_data", None, "folder(s) of (unlabelled) training images, comma-separated",
+                  required=True)
+flags.DEFINE_list("exclude", None, "leave out the image paths matching these globs (a held-out "
+                  "slice, e.g. '*/tiny-imagenet-202/images/*_2[0-4].JPEG')")
+flags.DEFINE_enum("augment", "crop_flip", ["crop_flip", "random_resized_crop", "none"],
+                  "training image transform (none: the eval centre crop)")
+flags.DEFINE_bool("freeze_ranges", False, "keep the calibrated activation ranges during QAT")
 flags.DEFINE_string("output", None, "output .tflite", required=True)
 flags.DEFINE_integer("epochs", 1, "epochs")
 flags.DEFINE_integer("steps_per_epoch", None, "steps per epoch (default: one pass)")
@@ -41,7 +47,9 @@ def main(argv):
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
         learning_rate=FLAGS.learning_rate, temperature=FLAGS.temperature, io=FLAGS.io,
         checkpoint_dir=FLAGS.checkpoint_dir, calibration_steps=FLAGS.calibration_steps,
-        mix=None if FLAGS.mix == "none" else FLAGS.mix, mix_alpha=FLAGS.mix_alpha)
+        mix=None if FLAGS.mix == "none" else FLAGS.mix, mix_alpha=FLAGS.mix_alpha,
+        exclude=FLAGS.exclude, augment=False if FLAGS.augment == "none" else FLAGS.augment,
+        freeze_ranges=FLAGS.freeze_ranges)
     if report.get("skipped"):
         print(report["skipped"])
     print(f"Wrote {path}: {report['size_bytes'] / 1e6:.2f} MB, ops {report['ops']}")

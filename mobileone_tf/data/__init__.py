@@ -1,7 +1,8 @@
 """Image data: listing, decoding, transforms and ``tf.data`` pipelines.
 
 * :mod:`~mobileone_tf.data.listing` -- ``IMAGE_EXTENSIONS`` (the package's one
-  list), ``list_images``, ``list_examples`` (``labels.csv`` or ImageFolder,
+  list), ``list_images``, ``list_image_folders`` / ``select_paths`` (several
+  folders, glob include/exclude), ``list_examples`` (``labels.csv`` or ImageFolder,
   label range checks), ``read_class_index``, ``is_synset_folder``.
 * :mod:`~mobileone_tf.data.decode` -- ``open_image`` (the one file reader,
   ``ImageDecodeError`` naming the file), the in-graph ``decode_image``,
@@ -25,7 +26,8 @@ _EXPORTS = {
         "describe_skipped", "open_image"), ".decode"),
     **dict.fromkeys((
         "IMAGE_EXTENSIONS", "LABELS_CSV", "class_names", "is_image_file",
-        "is_synset_folder", "list_examples", "list_images", "read_class_index"), ".listing"),
+        "is_synset_folder", "list_examples", "list_image_folders", "list_images",
+        "read_class_index", "select_paths"), ".listing"),
     **dict.fromkeys((
         "count_records", "eval_dataset", "find_undecodable", "image_batches",
         "image_folder_dataset", "is_tfrecord_source", "tfrecord_eval_dataset",

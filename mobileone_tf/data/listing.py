@@ -21,6 +21,7 @@ both decoders (:func:`mobileone_tf.data.open_image` with PIL, the in-graph
 from __future__ import annotations
 
 import csv
+import fnmatch
 import os
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -65,6 +66,43 @@ def list_images(folder) -> list:
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
     return paths
+
+
+def select_paths(paths, include=None, exclude=None) -> list:
+    """The ``paths`` that match an ``include`` pattern (all when ``None``) and
+    no ``exclude`` pattern, in their order.
+
+    Patterns are shell globs (:mod:`fnmatch`, case-sensitive) matched against
+    the whole absolute path, e.g. ``"*/tiny-imagenet-202/images/*_2[0-4].JPEG"``
+    (a held-out slice: 5 images per class).
+    """
+    def hit(path, patterns):
+        return any(fnmatch.fnmatchcase(path, pat) for pat in patterns)
+
+    include, exclude = list(include or ()), list(exclude or ())
+    return [p for p in paths
+            if (not include or hit(p, include)) and not hit(p, exclude)]
+
+
+def list_image_folders(folders, exclude=None) -> list:
+    """:func:`list_images` of one folder or several (concatenated in the given
+    order), without the paths matching an ``exclude`` pattern
+    (:func:`select_paths`).
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: no folder given, a folder holds no image, or the
+            ``exclude`` patterns leave none (naming the patterns).
+    """
+    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    if not folders:
+        raise ValueError("no image folder given")
+    paths = [p for folder in folders for p in list_images(folder)]
+    kept = select_paths(paths, exclude=exclude)
+    if not kept:
+        raise ValueError(f"exclude patterns {list(exclude)} leave none of the {len(paths)} "
+                         f"images of {', '.join(os.fspath(f) for f in folders)}")
+    return kept
 
 
 def read_class_index(path) -> dict:

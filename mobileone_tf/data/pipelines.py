@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from mobileone_tf.data.decode import ImageDecodeError, decode_image
-from mobileone_tf.data.listing import list_examples, list_images
+from mobileone_tf.data.listing import (list_examples, list_image_folders, list_images,
+                                       select_paths)
 from mobileone_tf.data.transforms import (eval_transform, load_images, pil_eval_transform,
                                           random_crop_flip, random_resized_crop)
 
@@ -67,10 +68,20 @@ def _without_flag(image, label, ok):
     return image, label
 
 
+def _included(paths, labels, include, data_dir):
+    """``(paths, labels)`` restricted to ``include``; ValueError when none is left."""
+    keep = set(select_paths(paths, include=include))
+    if not keep:
+        raise ValueError(f"include patterns {list(include)} match none of the {len(paths)} "
+                         f"images of {data_dir}")
+    pairs = [(p, y) for p, y in zip(paths, labels) if p in keep]
+    return [p for p, _ in pairs], [y for _, y in pairs]
+
+
 def eval_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
                  synset_to_index=None, num_classes=None,
                  num_parallel_calls=tf.data.AUTOTUNE, backend="pil",
-                 drop_remainder=False, skipped=None):
+                 drop_remainder=False, skipped=None, include=None):
     """Batched, prefetched eval dataset of ``(images, labels)``.
 
     Args:
@@ -92,6 +103,8 @@ def eval_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
             evaluation must not silently drop images). A list: undecodable
             images are left out, and their paths appended to it (once each)
             as the dataset is iterated.
+        include: glob patterns: only the paths matching one are kept
+            (:func:`mobileone_tf.data.select_paths`; e.g. a held-out slice).
 
     Returns:
         ``tf.data.Dataset`` of ``images`` float32 ``(B, image_size,
@@ -106,6 +119,8 @@ def eval_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
         raise ValueError(f"backend must be 'pil' or 'tf', got {backend!r}")
     paths, labels = list_examples(data_dir, synset_to_index=synset_to_index,
                                   num_classes=num_classes)
+    if include:
+        paths, labels = _included(paths, labels, include, data_dir)
     if backend == "tf" and skipped is not None:
         bad = set(find_undecodable(paths))
         skipped.extend(p for p in paths if p in bad and p not in skipped)
@@ -345,20 +360,34 @@ def find_undecodable(paths, num_parallel_calls=tf.data.AUTOTUNE) -> list:
 # Unlabelled images (calibration, distillation)
 # --------------------------------------------------------------------------
 
+AUGMENTS = (False, True, "crop_flip", "random_resized_crop")
+"""``augment`` values of :func:`image_folder_dataset` (``True`` is ``"crop_flip"``)."""
+
+DISTILL_RRC_SCALE = (0.25, 1.0)
+"""Area fraction range of ``augment="random_resized_crop"`` (torchvision's
+0.08 lower bound leaves a few pixels of a 64x64 image)."""
+
+
 def image_folder_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
                          shuffle=False, seed=None, repeat=False, augment=False,
-                         drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE):
+                         drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
+                         exclude=None):
     """Unlabelled images of a folder (e.g. QAT distillation, PTQ
     representative data), as a ``tf.data.Dataset`` of image batches only.
 
-    Lists ``data_dir`` recursively (:func:`mobileone_tf.data.list_images`; any
-    layout, no labels needed). ``augment=False``: the in-graph eval transform
-    (resize short side to ``int(image_size / crop_pct)``, centre crop).
-    ``augment=True``: the same resize, then a random crop and a random flip
+    Lists ``data_dir`` (one folder or a list) recursively
+    (:func:`mobileone_tf.data.list_image_folders`; any layout, no labels
+    needed; ``exclude``: glob patterns of paths to leave out, e.g. a held-out
+    slice). ``augment=False``: the in-graph eval transform (resize short side
+    to ``int(image_size / crop_pct)``, centre crop). ``augment=True`` /
+    ``"crop_flip"``: the same resize, then a random crop and a random flip
     (:func:`mobileone_tf.data.random_crop_flip`; milder than the training
     random-resized crop, so that distillation sees the statistics the
-    deployed model sees). Undecodable files are skipped with a logged warning
-    (name them with ``find_undecodable(list_images(data_dir))``).
+    deployed model sees). ``"random_resized_crop"``: Inception-style crop of
+    :data:`DISTILL_RRC_SCALE` of the area
+    (:func:`mobileone_tf.data.random_resized_crop`) and a random flip.
+    Undecodable files are skipped with a logged warning (name them with
+    ``find_undecodable(list_image_folders(data_dir, exclude))``).
 
     Returns:
         ``tf.data.Dataset`` of float32 ``(B, image_size, image_size, 3)`` RGB
@@ -368,13 +397,18 @@ def image_folder_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875
         FileNotFoundError / ValueError: missing folder, no images, bad sizes.
     """
     _check_sizes(image_size, batch_size, crop_pct)
-    paths = list_images(data_dir)
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    paths = list_image_folders(data_dir, exclude)
     ds = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     def load(path):
         image = decode_image(tf.io.read_file(path))
+        if augment == "random_resized_crop":
+            image = random_resized_crop(image, image_size, DISTILL_RRC_SCALE, seed=seed)
+            return tf.image.random_flip_left_right(image)
         if augment:
             return random_crop_flip(image, image_size, crop_pct)
         return eval_transform(image, image_size, crop_pct)

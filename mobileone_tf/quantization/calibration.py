@@ -1,6 +1,9 @@
-"""Activation-range calibration of a TFMOT fake-quant model before QAT."""
+"""Activation-range calibration of a TFMOT fake-quant model before QAT, and
+freezing those ranges during QAT."""
 
 from __future__ import annotations
+
+import contextlib
 
 from mobileone_tf.quantization.tfkeras import load_tfmot
 
@@ -75,3 +78,37 @@ def calibrate_ranges(qat_model, images, steps=10):
     if n == 0:
         raise ValueError("calibrate_ranges: the image source yielded no batch")
     return n
+
+
+@contextlib.contextmanager
+def frozen_ranges():
+    """Within the block, TFMOT's activation quantizers keep their ranges.
+
+    TFMOT's ``MovingAverageQuantizer`` (activations) and ``AllValuesQuantizer``
+    (the input ``QuantizeLayer``) update their ``min``/``max`` variables in
+    every training step; inside this block they are called with
+    ``training=False``: the fake quantization uses the stored (e.g.
+    calibrated, :func:`calibrate_ranges`) range unchanged, and gradients still
+    pass straight through to the weights. Weight quantizers keep tracking the
+    weights. The switch is made when the graph is traced, so the whole
+    ``fit`` (which traces its train function) must run inside the block.
+    Jacob et al. (CVPR 2018, Sec. 3.2) freeze ranges late in training;
+    here they are frozen from the start, at their calibrated values.
+    """
+    _, tfmot = load_tfmot()
+    quantizers = tfmot.quantization.keras.quantizers
+    classes = (quantizers.MovingAverageQuantizer, quantizers.AllValuesQuantizer)
+    originals = {cls: cls.__call__ for cls in classes}
+
+    def freeze(original):
+        def call(self, inputs, training, weights, **kwargs):
+            return original(self, inputs, False, weights, **kwargs)
+        return call
+
+    for cls, original in originals.items():
+        cls.__call__ = freeze(original)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.__call__ = original

@@ -9,6 +9,9 @@ distillation: A good teacher is patient and consistent", CVPR 2022).
 
 from __future__ import annotations
 
+import contextlib
+
+from mobileone_tf.quantization.calibration import frozen_ranges
 from mobileone_tf.quantization.tfkeras import load_tfmot
 
 MIX_MODES = (None, "mixup", "cutmix")
@@ -63,7 +66,8 @@ def _distiller(tf_keras, student, teacher, temperature, label_weight):
 
 def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
               learning_rate=1e-5, temperature=2.0, label_weight=0.0,
-              checkpoint_dir=None, resume=True, mix=None, mix_alpha=1.0, verbose=1):
+              checkpoint_dir=None, resume=True, mix=None, mix_alpha=1.0, verbose=1,
+              freeze_ranges=False):
     """Quantization-aware fine-tuning by distillation from the float model.
 
     Args:
@@ -87,6 +91,10 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
             optimizer + epoch), written at each epoch end; with ``resume``
             the latest checkpoint there is restored and training continues
             from its epoch.
+        freeze_ranges: keep the activation ranges as they are (e.g.
+            calibrated) for the whole fine-tuning
+            (:func:`mobileone_tf.quantization.frozen_ranges`); default: TFMOT's
+            moving average keeps updating them.
 
     Returns:
         The ``fit`` History (``kd_loss``, ``top1_agreement`` per epoch), or
@@ -139,9 +147,10 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
         return None
     if mix:
         train_data = mix_images(train_data, mix, mix_alpha)
-    return distiller.fit(train_data.repeat(), epochs=epochs, initial_epoch=initial_epoch,
-                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                         verbose=verbose)
+    with frozen_ranges() if freeze_ranges else contextlib.nullcontext():
+        return distiller.fit(train_data.repeat(), epochs=epochs, initial_epoch=initial_epoch,
+                             steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                             verbose=verbose)
 
 
 def mix_images(dataset, mode, alpha=1.0, seed=0):

@@ -111,15 +111,17 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                                 checkpoint_dir=None, resume=True, overwrite=False,
                                 input_size=None, verify_data=None, calibration_steps=10,
                                 equalize=True, mix=None, mix_alpha=1.0, batch_size=32,
-                                verbose=1):
+                                verbose=1, freeze_ranges=False, exclude=None,
+                                augment=True):
     """Fused Keras 3 MobileOne -> QAT by distillation -> int8 TFLite file.
 
     Args:
         model: fused Keras 3 MobileOne with classifier (``mobileone_tf.fuse``).
         train_data: a ``tf.data.Dataset`` (see
             :func:`mobileone_tf.quantization.fine_tune`) or a folder of images
+            or a list of folders
             (:func:`mobileone_tf.quantization.qat_dataset`, ``batch_size``,
-            the model's input size).
+            the model's input size, ``exclude``, ``augment``).
         output: ``.tflite`` path.
         equalize: rescale the float weights with
             :func:`mobileone_tf.quantization.equalize_activations`
@@ -151,10 +153,10 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
     _check_output(output, overwrite)
     teacher, _ = to_tf_keras(model, input_size=input_size)
     skipped = None
-    if isinstance(train_data, (str, os.PathLike)):
+    if isinstance(train_data, (str, os.PathLike, list, tuple)):
         size = input_size or model.input_shape[1] or 224
-        train_data, skipped = qat_dataset(train_data, image_size=size,
-                                          batch_size=batch_size, with_skipped=True)
+        train_data, skipped = qat_dataset(train_data, image_size=size, batch_size=batch_size,
+                                          with_skipped=True, exclude=exclude, augment=augment)
     if equalize:
         model = equalize_activations(model, take_images(train_data, EQUALIZATION_IMAGES))
     student, _ = to_tf_keras(model, input_size=input_size)
@@ -165,7 +167,7 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                         steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
                         temperature=temperature, label_weight=label_weight,
                         checkpoint_dir=checkpoint_dir, resume=resume, mix=mix,
-                        mix_alpha=mix_alpha, verbose=verbose)
+                        mix_alpha=mix_alpha, verbose=verbose, freeze_ranges=freeze_ranges)
     path, report = export_tflite(qat_model, output, io=io, overwrite=overwrite,
                                  verify_data=verify_data)
     report["history"] = history.history if history is not None else {}
@@ -181,7 +183,8 @@ def _report_skipped(report, skipped):
 
 
 def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
-                     batch_size=32, overwrite=False, **kwargs):
+                     batch_size=32, overwrite=False, exclude=None, augment=True, seed=0,
+                     **kwargs):
     """:func:`quantization_aware_training` of ``MobileOne(variant, weights)``.
 
     Checks ``output`` and lists ``train_data`` before building the float
@@ -192,9 +195,11 @@ def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
         variant: ``"s0"``..``"s4"``.
         weights: ``"imagenet"``, ``None``, a ``.weights.h5`` or a PyTorch
             checkpoint (see :func:`mobileone_tf.MobileOne`).
-        train_data: folder of (unlabelled) images.
+        train_data: folder of (unlabelled) images, or a list of folders.
         output: ``.tflite`` path.
         image_size: training and export input size (pixels).
+        exclude, augment, seed: :func:`mobileone_tf.quantization.qat_dataset`
+            (e.g. ``exclude`` a held-out slice).
         batch_size, overwrite, **kwargs: :func:`quantization_aware_training`.
 
     Returns:
@@ -210,7 +215,8 @@ def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
     _io_type(kwargs.get("io", "float32"))
     _check_output(output, overwrite)
     dataset, skipped = qat_dataset(train_data, image_size=image_size, batch_size=batch_size,
-                                with_skipped=True)
+                                   with_skipped=True, exclude=exclude, augment=augment,
+                                   seed=seed)
     model = mo.MobileOne(variant, weights=weights, fused=True,
                          input_shape=(image_size, image_size, 3), classifier_activation=None)
     qat_model, path, report = quantization_aware_training(

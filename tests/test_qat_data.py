@@ -1,0 +1,109 @@
+"""Training-side data for calibration and QAT: several folders, a held-out
+slice left out by glob, random-resized crops; frozen activation ranges;
+held-out scoring (include globs, agreement with a reference)."""
+
+import numpy as np
+import pytest
+
+from mobileone_tf import data, evaluation
+from mobileone_tf import quantization as q
+from tests.test_quantization import SIZE, _fused, _one_error_line, _qat_cli, _write_images
+
+HELD_OUT = "*/b/img_[0-1].png"
+
+
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("folders")
+    return _write_images(tmp / "a", 5, seed=1), _write_images(tmp / "b", 4, seed=2)
+
+
+def test_several_folders_and_held_out_slice(two_folders):
+    a, b = two_folders
+    everything = data.list_image_folders([a, b])
+    assert [p.rsplit("/", 2)[-2] for p in everything] == ["a"] * 5 + ["b"] * 4
+    kept = data.list_image_folders([a, b], exclude=[HELD_OUT])
+    assert len(kept) == 7
+    assert not any(p.endswith(("b/img_0.png", "b/img_1.png")) for p in kept)
+    assert data.select_paths(everything, include=[HELD_OUT]) == [str(b / "img_0.png"),
+                                                                  str(b / "img_1.png")]
+    with pytest.raises(ValueError, match=r"exclude patterns \['\*\.png'\] leave none"):
+        data.list_image_folders([a, b], exclude=["*.png"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.list_image_folders([a, b.parent / "missing"])
+
+
+@pytest.mark.parametrize("augment", ["random_resized_crop", "crop_flip", False])
+def test_qat_dataset_of_two_folders(two_folders, augment):
+    ds = q.qat_dataset(list(two_folders), image_size=SIZE, batch_size=2, augment=augment,
+                       exclude=[HELD_OUT])
+    assert int(ds.cardinality()) == 3            # 7 images, full batches of 2
+    batches = [b.numpy() for b in ds]
+    assert len(batches) == 3 and batches[0].shape == (2, SIZE, SIZE, 3)
+    x = np.concatenate(batches)
+    assert 0 <= x.min() and x.max() <= 255 and x.std() > 10
+    with pytest.raises(ValueError, match="augment must be one of"):
+        q.qat_dataset(list(two_folders), image_size=SIZE, batch_size=2, augment="mixup")
+
+
+def _range_values(qat_model):
+    """Activation min/max variables of a TFMOT model (not the weights' ranges)."""
+    return {w.name: float(np.ravel(w.numpy())[0]) for layer in qat_model.layers
+            for w in layer.weights
+            if w.name.split("/")[-1].split(":")[0].endswith(("_min", "_max"))
+            and "kernel" not in w.name and "depthwise" not in w.name}
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_ranges_keep_the_calibrated_ranges(two_folders, freeze):
+    model = _fused("s0")
+    teacher, _ = q.to_tf_keras(model)
+    student, _ = q.to_tf_keras(model)
+    qm = q.quantize(student)
+    ds = q.qat_dataset(list(two_folders), image_size=SIZE, batch_size=2)
+    q.calibrate_ranges(qm, ds, steps=2)
+    before = _range_values(qm)
+    kernel = qm.trainable_weights[0].numpy().copy()
+    q.fine_tune(qm, teacher, ds, epochs=1, steps_per_epoch=2, learning_rate=1e-3,
+                freeze_ranges=freeze, verbose=0)
+    after = _range_values(qm)
+    assert len(before) > 20 and before.keys() == after.keys()
+    changed = [k for k in before if before[k] != after[k]]
+    assert not np.array_equal(kernel, qm.trainable_weights[0].numpy())  # training happened
+    if freeze:
+        assert changed == []
+    else:
+        assert len(changed) > len(before) // 2
+
+
+def test_held_out_scoring(tmp_path):
+    _write_images(tmp_path / "images", 6)
+    (tmp_path / "labels.csv").write_text(
+        "file,label\n" + "".join(f"images/img_{i}.png,{i % 3}\n" for i in range(6)))
+
+    def predict(x):                     # a stand-in classifier: brightness -> 3 classes
+        scores = np.zeros((len(x), 3), np.float32)
+        scores[np.arange(len(x)), (x.mean(axis=(1, 2, 3)) * 1000).astype(int) % 3] = 1
+        return scores
+
+    whole = evaluation.evaluate_folder(predict, tmp_path, 3, 2, SIZE, progress=False)
+    part = evaluation.evaluate_folder(predict, tmp_path, 3, 2, SIZE, progress=False,
+                                      include=["*/img_[0-2].png"])
+    assert whole["n"] == 6 and part["n"] == 3
+    assert part["files"] == whole["files"][:3]
+    assert part["predictions"] == whole["predictions"][:3]
+    assert evaluation.agreement(part, whole) == {"agreement": 1.0, "n": 3}
+    other = dict(whole, predictions=[(p + 1) % 3 for p in whole["predictions"]])
+    assert evaluation.agreement(part, other)["agreement"] == 0.0
+    with pytest.raises(ValueError, match="match none"):
+        evaluation.evaluate_folder(predict, tmp_path, 3, 2, SIZE, progress=False,
+                                   include=["*.jpg"])
+    with pytest.raises(ValueError, match="per-image"):
+        evaluation.agreement({"top1": 1.0}, whole)
+
+
+def test_cli_exclude_leaving_nothing(two_folders, tmp_path):
+    out = tmp_path / "o.tflite"
+    _one_error_line(_qat_cli("--train_data", ",".join(map(str, two_folders)),
+                             "--exclude", "*.png", "--output", out), "exclude patterns")
+    assert not out.exists()
