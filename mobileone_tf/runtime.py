@@ -19,7 +19,8 @@ This is the one module that runs an exported file. Also here: the TFLite
 helpers every other module uses (:func:`tflite_interpreter`,
 :func:`run_tflite` with input quantization / output dequantization,
 :func:`quantize_input`, :func:`tflite_io`, the op census :func:`tflite_ops`
-and :func:`tflite_graph_report` with XNNPACK coverage), the Core ML
+(per op with its outputs: :func:`tflite_op_list`) and
+:func:`tflite_graph_report` with XNNPACK coverage), the Core ML
 classifier labels (:func:`classifier_labels`) and :func:`import_coremltools`.
 Nothing here imports TensorFlow at module level, nor any other
 ``mobileone_tf`` module.
@@ -345,6 +346,19 @@ def _count(ops):
 def tflite_ops(path_or_bytes):
     """``{builtin op name: count}`` of a .tflite (no delegate applied)."""
     return _count(_ops_details(tflite_interpreter(path_or_bytes, delegates=False)))
+
+
+def tflite_op_list(path_or_bytes):
+    """The ops of a .tflite in execution order (no delegate applied): a list
+    of ``{"op": builtin name, "outputs": [{"name", "dtype", "shape"}]}``
+    (``dtype`` a numpy name such as ``"int8"``, ``shape`` NHWC ints)."""
+    interp = tflite_interpreter(path_or_bytes, delegates=False)
+    tensors = interp.get_tensor_details()
+    return [{"op": op["op_name"],
+             "outputs": [{"name": tensors[i]["name"], "dtype": np.dtype(tensors[i]["dtype"]).name,
+                          "shape": [int(s) for s in tensors[i]["shape"]]}
+                         for i in op["outputs"] if i >= 0]}
+            for op in _ops_details(interp)]
 
 
 def tflite_graph_report(path_or_bytes, num_threads=1):

@@ -21,12 +21,15 @@ cli.define_model_flags(variant="s0", weights="imagenet")
 flags.DEFINE_enum("format", None, ["tflite", "coreml", "onnx", "saved_model"],
                   "Output format.")
 flags.DEFINE_string("output", None, "Output path (.tflite, .mlpackage, .onnx, or a folder).")
-flags.DEFINE_string("quantize", "none",
-                    "tflite: none|float16|dynamic|int8; coreml: none|float32|int8|palettize4.")
-flags.DEFINE_string("calibration_data", None, "Image folder for int8 calibration (tflite).")
+flags.DEFINE_string("quantize", "none", "tflite: none|float16|dynamic|int8|int16x8; "
+                    "coreml: none|float32|int8|palettize4.")
+flags.DEFINE_list("calibration_data", None, "Image folder(s) for int8 calibration (tflite).")
+flags.DEFINE_list("calibration_exclude", None, "Leave out calibration paths matching these globs.")
 flags.DEFINE_bool("equalize", True, "int8: equalize activation ranges first "
                   "(exact float rescaling, mobileone_tf.quantization.equalize_activations).")
 flags.DEFINE_integer("calibration_steps", 100, "Representative-dataset batches for int8.")
+flags.DEFINE_list("float_layers", [], "tflite int8: layers kept float32 (quant_sensitivity.py).")
+flags.DEFINE_bool("bias_correction", False, "int8: bias correction (quantization.correct_bias).")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8", "uint8"],
                   "Input/output type of an int8 TFLite model.")
 flags.DEFINE_integer("input_size", 224, "Fixed input height and width.")
@@ -55,13 +58,14 @@ def main(argv):
     del argv
     from mobileone_tf import export
     kwargs = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size, fuse=FLAGS.fuse,
-                  overwrite=FLAGS.overwrite, verify=FLAGS.verify,
-                  verify_data=FLAGS.verify_data, report_path=FLAGS.report,
-                  quantize=FLAGS.quantize, fold=FLAGS.fold,
+                  overwrite=FLAGS.overwrite, verify=FLAGS.verify, verify_data=FLAGS.verify_data,
+                  report_path=FLAGS.report, quantize=FLAGS.quantize, fold=FLAGS.fold,
                   outputs=FLAGS.outputs if FLAGS.include_top else None)
     if FLAGS.format == "tflite":
-        kwargs.update(calibration_data=FLAGS.calibration_data,
-                      calibration_steps=FLAGS.calibration_steps, equalize=FLAGS.equalize,
+        kwargs.update(calibration_data=FLAGS.calibration_data, equalize=FLAGS.equalize,
+                      calibration_steps=FLAGS.calibration_steps,
+                      calibration_exclude=FLAGS.calibration_exclude,
+                      bias_correction=FLAGS.bias_correction, float_layers=FLAGS.float_layers,
                       int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io,
                       labels=FLAGS.labels, metadata=FLAGS.metadata)
     elif FLAGS.format == "onnx":

@@ -20,6 +20,7 @@ flags.DEFINE_list("exclude", None, "leave out the image paths matching these glo
 flags.DEFINE_enum("augment", "crop_flip", ["crop_flip", "random_resized_crop", "none"],
                   "training image transform (none: the eval centre crop)")
 flags.DEFINE_bool("freeze_ranges", False, "keep the calibrated activation ranges during QAT")
+flags.DEFINE_bool("bias_correction", False, "correct the biases for int8 weight rounding first")
 flags.DEFINE_string("output", None, "output .tflite", required=True)
 flags.DEFINE_integer("epochs", 1, "epochs")
 flags.DEFINE_integer("steps_per_epoch", None, "steps per epoch (default: one pass)")
@@ -49,7 +50,7 @@ def main(argv):
         checkpoint_dir=FLAGS.checkpoint_dir, calibration_steps=FLAGS.calibration_steps,
         mix=None if FLAGS.mix == "none" else FLAGS.mix, mix_alpha=FLAGS.mix_alpha,
         exclude=FLAGS.exclude, augment=False if FLAGS.augment == "none" else FLAGS.augment,
-        freeze_ranges=FLAGS.freeze_ranges)
+        freeze_ranges=FLAGS.freeze_ranges, bias_correction=FLAGS.bias_correction)
     if report.get("skipped"):
         print(report["skipped"])
     print(f"Wrote {path}: {report['size_bytes'] / 1e6:.2f} MB, ops {report['ops']}")

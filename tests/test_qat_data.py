@@ -107,3 +107,26 @@ def test_cli_exclude_leaving_nothing(two_folders, tmp_path):
     _one_error_line(_qat_cli("--train_data", ",".join(map(str, two_folders)),
                              "--exclude", "*.png", "--output", out), "exclude patterns")
     assert not out.exists()
+
+
+def test_export_calibration_from_folders_without_held_out(two_folders):
+    from mobileone_tf.export import images as export_images
+    a, b = two_folders
+    source = data.image_folders([a, b], [HELD_OUT])
+    x = export_images.sample_images(source, SIZE, 100, "calibration_data")
+    assert x.shape == (7, SIZE, SIZE, 3)        # the 2 held-out images left out
+    whole = export_images.sample_images([a, b], SIZE, 100, "calibration_data")
+    assert len(whole) == 9
+    assert {tuple(v) for v in x.reshape(7, -1)[:, :8]} < {tuple(v) for v in whole.reshape(9, -1)[:, :8]}
+    assert export_images.describe(source, 7).endswith(f"{b} without {HELD_OUT}")
+    with pytest.raises(Exception, match="image folder not found"):
+        export_images.check_image_source([a, b.parent / "nope"], "calibration_data")
+
+
+def test_convert_calibration_exclude_needs_folders(tmp_path):
+    from mobileone_tf import export
+    with pytest.raises(export.ExportError, match="calibration_exclude"):
+        export.to_tflite(_fused("s0"), tmp_path / "m.tflite", quantize="int8",
+                         calibration_data=np.zeros((4, SIZE, SIZE, 3), np.float32),
+                         calibration_exclude=["*"], input_size=SIZE, metadata=False)
+    assert not (tmp_path / "m.tflite").exists()

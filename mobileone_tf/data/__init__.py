@@ -25,7 +25,8 @@ _EXPORTS = {
         "ImageDecodeError", "check_image_folder", "check_images", "decode_image",
         "describe_skipped", "open_image"), ".decode"),
     **dict.fromkeys((
-        "IMAGE_EXTENSIONS", "LABELS_CSV", "class_names", "is_image_file",
+        "IMAGE_EXTENSIONS", "ImageFolders", "LABELS_CSV", "class_names", "image_folders",
+        "is_image_file",
         "is_synset_folder", "list_examples", "list_image_folders", "list_images",
         "read_class_index", "select_paths"), ".listing"),
     **dict.fromkeys((

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import os
+from typing import NamedTuple
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 """Image file name endings (compared lower-case). GIF: first frame."""
@@ -103,6 +104,38 @@ def list_image_folders(folders, exclude=None) -> list:
         raise ValueError(f"exclude patterns {list(exclude)} leave none of the {len(paths)} "
                          f"images of {', '.join(os.fspath(f) for f in folders)}")
     return kept
+
+
+class ImageFolders(NamedTuple):
+    """One or several image folders read as one listing
+    (:func:`list_image_folders`), without the paths matching ``exclude``
+    (e.g. a held-out slice kept out of calibration)."""
+
+    folders: tuple
+    exclude: tuple = ()
+
+    def paths(self) -> list:
+        """The sorted image paths of each folder, concatenated, minus ``exclude``."""
+        return list_image_folders(self.folders, self.exclude)
+
+    def __str__(self):
+        text = ", ".join(self.folders)
+        return f"{text} without {', '.join(self.exclude)}" if self.exclude else text
+
+
+def image_folders(source, exclude=None):
+    """``source`` -- a folder, a list/tuple of folders, or :class:`ImageFolders`
+    -- as :class:`ImageFolders` (with ``exclude`` added); ``None`` for anything
+    else (e.g. an image array)."""
+    exclude = tuple(exclude or ())
+    if isinstance(source, ImageFolders):
+        return source._replace(exclude=source.exclude + exclude)
+    if isinstance(source, (str, os.PathLike)):
+        return ImageFolders((os.fspath(source),), exclude)
+    if isinstance(source, (list, tuple)) and source \
+            and all(isinstance(f, (str, os.PathLike)) for f in source):
+        return ImageFolders(tuple(os.fspath(f) for f in source), exclude)
+    return None
 
 
 def read_class_index(path) -> dict:

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from mobileone_tf.data.decode import ImageDecodeError, decode_image
-from mobileone_tf.data.listing import (list_examples, list_image_folders, list_images,
-                                       select_paths)
+from mobileone_tf.data.listing import (image_folders, list_examples, list_image_folders,
+                                       list_images, select_paths)
 from mobileone_tf.data.transforms import (eval_transform, load_images, pil_eval_transform,
                                           random_crop_flip, random_resized_crop)
 
@@ -424,14 +424,15 @@ def image_batches(folder, image_size, batch_size, max_batches, crop_pct=0.875):
     """Yields up to ``max_batches`` full float32 ``(batch_size, S, S, 3)``
     numpy batches (RGB 0..255, :func:`load_image`) of images picked evenly
     over the sorted listing of ``folder`` (so that sorted class folders are
-    all represented). Yields nothing when the folder holds fewer than
-    ``batch_size`` images.
+    all represented; several folders or a held-out slice left out:
+    :class:`mobileone_tf.data.ImageFolders`). Yields nothing when the folder
+    holds fewer than ``batch_size`` images.
 
     Raises:
         FileNotFoundError / ValueError: missing folder or no images (at the
         first ``next``); ImageDecodeError naming an unreadable picked file.
     """
-    paths = list_images(folder)
+    paths = image_folders(folder).paths()
     n = min(len(paths), batch_size * max_batches)
     picks = [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
     for start in range(0, n - batch_size + 1, batch_size):

@@ -32,7 +32,9 @@ Modules: ``common`` (constants, errors, staging, reports), ``prepare``
 (fixed-shape fused model, output and class names), ``images``
 (verification/calibration images), ``verify``, ``job`` (one export:
 prepare, stage, verify, install), one module per format (``tflite``,
-``coreml``, ``onnx``, ``saved_model``), ``api`` (:func:`export`,
+``coreml``, ``onnx``, ``saved_model``), ``selective`` (int8 with chosen
+layers kept float: one calibration, many quantizations) and ``sensitivity``
+(per-layer int8 error and the one-layer-at-a-time scan), ``api`` (:func:`export`,
 :func:`export_variant`), ``acceptance`` (Apple's S0 on real images). Running
 an exported file is :mod:`mobileone_tf.runtime`'s job. No TensorFlow import
 at module level.

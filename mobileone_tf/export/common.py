@@ -23,7 +23,7 @@ from mobileone_tf import fileio
 
 FORMATS = ("tflite", "coreml", "onnx", "saved_model")
 QUANTIZE_MODES = {
-    "tflite": ("none", "float16", "dynamic", "int8"),
+    "tflite": ("none", "float16", "dynamic", "int8", "int16x8"),
     "coreml": ("none", "float32", "int8", "palettize4"),
     "onnx": ("none",),
     "saved_model": ("none",),

@@ -37,8 +37,9 @@ def _side(size):
 
 
 def folder_images(folder, size, n):
-    """Up to ``n`` images of ``folder`` (recursive), spread evenly over its
-    sorted listing (:func:`mobileone_tf.data.image_batches`), eval-transformed
+    """Up to ``n`` images of ``folder`` (recursive; several folders or a
+    held-out slice left out: :class:`mobileone_tf.data.ImageFolders`), spread
+    evenly over its sorted listing (:func:`mobileone_tf.data.image_batches`), eval-transformed
     to ``size``.
 
     Raises:
@@ -47,9 +48,11 @@ def folder_images(folder, size, n):
             (a ``ValueError``) naming an undecodable file.
     """
     from mobileone_tf import data
-    if not folder or not os.path.isdir(folder):
-        raise ExportError(f"Image folder not found: {folder!r}")
-    return np.concatenate(list(data.image_batches(folder, _side(size), 1, int(n))))
+    source = data.image_folders(folder)
+    for f in source.folders if source else [folder]:
+        if not f or not os.path.isdir(f):
+            raise ExportError(f"Image folder not found: {f!r}")
+    return np.concatenate(list(data.image_batches(source, _side(size), 1, int(n))))
 
 
 def check_image_source(source, what):
@@ -61,9 +64,12 @@ def check_image_source(source, what):
     """
     if source is None or (isinstance(source, (str, os.PathLike)) and not source):
         raise ExportError(f"{what} is missing")
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isdir(source):
-            raise ExportError(f"{what}: image folder not found: {os.fspath(source)!r}")
+    from mobileone_tf import data
+    folders = data.image_folders(source)
+    if folders is not None:
+        for folder in folders.folders:
+            if not os.path.isdir(folder):
+                raise ExportError(f"{what}: image folder not found: {folder!r}")
         return
     shape = np.shape(source)
     if len(shape) != 4 or shape[-1] != 3 or shape[0] < 1:
@@ -72,15 +78,16 @@ def check_image_source(source, what):
 
 
 def sample_images(source, size, n, what="images"):
-    """``n`` (or fewer) images from a folder (:func:`folder_images`) or the
+    """``n`` (or fewer) images from folders (:func:`folder_images`) or the
     first ``n`` of an array ``(N, H, W, 3)`` of that size.
 
     Raises:
         ExportError: see :func:`check_image_source`, or an array of another size.
     """
+    from mobileone_tf import data
     check_image_source(source, what)
-    if isinstance(source, (str, os.PathLike)):
-        return folder_images(os.fspath(source), size, n)
+    if data.image_folders(source) is not None:
+        return folder_images(source, size, n)
     images = np.asarray(source, np.float32)[:int(n)]
     h, w = (size, size) if np.isscalar(size) else tuple(size)
     if images.shape[1:3] != (h, w):
@@ -99,6 +106,8 @@ def verification_images(verify_data, size, n=8):
 
 def describe(source, n):
     """A short text naming an image source for reports."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+    from mobileone_tf import data
+    folders = data.image_folders(source)
+    if folders is not None:
+        return str(folders)
     return f"{n} {'given' if source is not None else 'generated'} images"

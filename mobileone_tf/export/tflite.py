@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.export import selective
 from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
 from mobileone_tf.export.job import start
@@ -23,10 +24,12 @@ from mobileone_tf.export.saved_model import write_saved_model
 
 INT8_IO = (False, True, "int8", "uint8")
 EQUALIZE_IMAGES = 64
+BIAS_CORRECTION_IMAGES = 128
 
 
 def check_options(output, *, quantize="none", overwrite=False, calibration_data=None,
-                  calibration_steps=100, int8_io=False, labels=None, **_):
+                  calibration_steps=100, int8_io=False, labels=None, bias_correction=False,
+                  float_layers=None, **_):
     """The cheap argument checks of :func:`to_tflite` (no image is read);
     returns the output path.
 
@@ -38,11 +41,23 @@ def check_options(output, *, quantize="none", overwrite=False, calibration_data=
         raise ExportError(f"int8_io must be False, True, 'int8' or 'uint8'; got {int8_io!r}")
     if int8_io and quantize != "int8":
         raise ExportError("int8_io requires quantize='int8'")
-    if quantize == "int8":
+    if not isinstance(bias_correction, (bool, int)) or (
+            not isinstance(bias_correction, bool) and bias_correction < 1):
+        raise ExportError(f"bias_correction must be a bool or a number of images >= 1; "
+                          f"got {bias_correction!r}")
+    if bias_correction and quantize != "int8":
+        raise ExportError("bias_correction (--bias_correction) requires quantize='int8' "
+                          "(--quantize int8)")
+    if float_layers:
+        selective.check_float_layers(float_layers)
+        if quantize != "int8" or int8_io == "uint8":
+            raise ExportError("float_layers (--float_layers) requires quantize='int8' with "
+                              "float or int8 I/O")
+    if quantize in ("int8", "int16x8"):
         if calibration_data is None or (isinstance(calibration_data, str)
                                         and not calibration_data):
-            raise ExportError("quantize='int8' needs calibration_data (--calibration_data DIR): "
-                              "a folder of representative images (never the evaluation set)")
+            raise ExportError(f"quantize={quantize!r} needs calibration_data "
+                              "(--calibration_data DIR): a folder of representative images (never the evaluation set)")
         check_image_source(calibration_data, "calibration_data")
         if int(calibration_steps) < 1:
             raise ExportError(f"calibration_steps must be >= 1; got {calibration_steps}")
@@ -77,60 +92,91 @@ def _equalized(fixed, calibration_data):
     return quantization.equalize_activations(fixed, images)
 
 
-def _convert(source, tmp, quantize, calibration=None, int8_io=False):
-    """The flatbuffer of ``source`` (through a SavedModel under ``tmp``);
-    ``calibration``: int8 representative images, in whole batches."""
+def _bias_corrected(source, calibration, calibration_data, bias_correction, float_layers):
+    """``source`` after :func:`mobileone_tf.quantization.correct_bias` (a fused
+    MobileOne; else ``source``), on at most 128 of the ``calibration`` images
+    spread evenly (``True``) or on ``bias_correction`` images of
+    ``calibration_data`` (``float_layers`` left as they are); returns
+    ``(model, number of images or False)``."""
+    from mobileone_tf import models, quantization
+    try:
+        if not models.model_info(source)["fused"]:
+            return source, False
+    except ValueError:  # not a MobileOne (e.g. a baseline): export as is
+        return source, False
+    if isinstance(bias_correction, bool):
+        step = -(-len(calibration) // BIAS_CORRECTION_IMAGES)
+        images = calibration[::step]
+    else:
+        images = _full_batches(source, calibration_data, int(bias_correction),
+                               "calibration_data")
+    return quantization.correct_bias(source, images, skip=float_layers or ()), len(images)
+
+
+def tflite_converter(saved, quantize, calibration=None, batch_size=1):
+    """A ``tf.lite.TFLiteConverter`` of the SavedModel folder ``saved``
+    (signature ``serving_default``) set up for ``quantize``; for ``"int8"``
+    (``TFLITE_BUILTINS_INT8``) and ``"int16x8"`` (int16 activations, int8
+    weights: ``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``)
+    its representative dataset yields ``calibration`` (float32 NHWC, whole
+    batches) ``batch_size`` images at a time."""
     import tensorflow as tf
-    saved = os.path.join(tmp, "saved_model")
-    write_saved_model(source, saved)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved, ["serving_default"])
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        b = int(source.input.shape[0])
-
+    elif quantize in ("int8", "int16x8"):
         def representative_dataset():
-            for start in range(0, len(calibration), b):
-                yield {INPUT_NAME: calibration[start:start + b]}
+            for start in range(0, len(calibration), batch_size):
+                yield {INPUT_NAME: calibration[start:start + batch_size]}
 
         converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io == "uint8":  # XNNPACK cannot take its uint8 -> int8 input step anyway
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-        else:
-            return _int8_float_softmax(tf, converter, representative_dataset, bool(int8_io))
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8" else
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    return converter
+
+
+def _convert(source, tmp, quantize, calibration=None, int8_io=False, float_layers=None):
+    """The flatbuffer of ``source`` (through a SavedModel under ``tmp``);
+    ``calibration``: int8 / int16x8 representative images, in whole batches.
+    int8 (float or int8 I/O) goes through
+    :func:`.selective.calibrated_debugger`: SOFTMAX and ``float_layers``
+    stay float32."""
+    import tensorflow as tf
+    saved = os.path.join(tmp, "saved_model")
+    write_saved_model(source, saved)
+    converter = tflite_converter(saved, quantize, calibration, int(source.input.shape[0]))
+    if quantize == "int8" and int8_io == "uint8":  # XNNPACK cannot take its uint8 -> int8
+        converter.inference_input_type = tf.uint8  # input step anyway
+        converter.inference_output_type = tf.uint8
+    elif quantize == "int8":
+        debugger = selective.calibrated_debugger(converter, None, int8_io)
+        if float_layers:
+            return selective.int8_with_float_layers(
+                debugger, float_layers, selective.keras_layer_names(source), int8_io)[0]
+        return selective.requantize(debugger, int8_io=int8_io)
     return converter.convert()
 
 
-def _int8_float_softmax(tf, converter, dataset, int8_io):
-    """Full-integer int8 with the SOFTMAX left in float32 after a DEQUANTIZE.
-
-    XNNPACK has no int8 softmax: the converter's int8 SOFTMAX would run
-    outside the delegate, in a second partition (issue 13). Selective
-    quantization (``tf.lite.experimental.QuantizationDebugger`` with
-    ``denylisted_ops=["SOFTMAX"]``, the TFLite guide's public way) keeps it
-    float, so XNNPACK takes the whole graph: QUANTIZE (float input) or an int8
-    input, int8 convolutions, DEQUANTIZE, float SOFTMAX, then QUANTIZE for an
-    int8 output (``int8_io``). A model without softmax converts the same.
-    """
-    import warnings
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["SOFTMAX"],
-                                                            fully_quantize=int8_io)
-    with warnings.catch_warnings():  # it opens its debug model with tf.lite.Interpreter
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=dataset, debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+def quantization_inputs(fixed, calibration_data, calibration_steps=100, equalize=True):
+    """``(source, calibration)`` as :func:`to_tflite` makes them for int8:
+    ``calibration_steps`` whole batches of ``calibration_data`` images
+    (float32 NHWC) and the model to convert, ``fixed`` equalized
+    (:func:`mobileone_tf.quantization.equalize_activations`, a fused
+    MobileOne only) unless ``equalize=False``."""
+    n = int(calibration_steps) * int(fixed.input.shape[0])
+    calibration = _full_batches(fixed, calibration_data, n, "calibration_data")
+    return (_equalized(fixed, calibration_data) if equalize else fixed), calibration
 
 
 def to_tflite(model, output, *, quantize="none", calibration_data=None,
               calibration_steps=100, int8_io=False, batch_size=1, input_size=224,
               fuse=True, overwrite=False, verify=True, verify_data=None,
               report_path=None, class_names=None, equalize=True, labels=None,
-              metadata=True, outputs=None, fold=True):
+              metadata=True, outputs=None, fold=True, bias_correction=False,
+              float_layers=None, calibration_exclude=None):
     """Exports a TFLite / LiteRT flatbuffer (and ``labels.txt`` beside it)
     carrying TFLite metadata for MediaPipe Tasks / Android Studio.
 
@@ -140,17 +186,36 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         output: ``*.tflite`` path.
         quantize: ``"none"`` (float32), ``"float16"`` (float16 weights,
             float32 compute on CPU), ``"dynamic"`` (dynamic-range int8
-            weights), ``"int8"`` (full-integer PTQ, per-channel weights).
+            weights), ``"int8"`` (full-integer PTQ, per-channel weights),
+            ``"int16x8"`` (int16 activations, int8 weights, whole model: no
+            XNNPACK kernels, measured in ``docs/quantization_sensitivity.md``).
+        float_layers: with ``"int8"``: Keras layer names (or TFLite tensor
+            names) of convolutions / dense layers kept in float32
+            (:mod:`.selective`; rank them with
+            :func:`mobileone_tf.export.sensitivity.sensitivity_scan`);
+            ``report["float_layers"]`` lists the quantizable ops of the file
+            that are float.
         calibration_data: for ``"int8"``: a folder of images (recursive;
             ``calibration_steps * batch_size`` of them spread over the sorted
             listing, eval transform applied) or a float32 array
             ``(N, H, W, 3)`` RGB 0..255 at the export size (its first images).
         calibration_steps: number of representative batches (of
             ``batch_size`` images).
+        calibration_exclude: glob patterns of calibration image paths to
+            leave out (e.g. the held-out slice settings are chosen on); a
+            list of folders as ``calibration_data`` is read as one listing
+            (:class:`mobileone_tf.data.ImageFolders`).
         equalize: with ``"int8"`` and a fused MobileOne, first rescale the
             weights with :func:`mobileone_tf.quantization.equalize_activations`
             (64 calibration images; the float function is unchanged).
             ``report["equalized"]`` says whether it was applied.
+        bias_correction: with ``"int8"`` and a fused MobileOne, then
+            subtract from every layer's bias the mean output shift its int8
+            weight rounding causes (:func:`mobileone_tf.quantization.correct_bias`;
+            Nagel et al. 2019, Sec. 4.2), measured on up to 128 of the
+            calibration images (``True``) or on that many images of
+            ``calibration_data`` (an int). ``report["bias_correction"]``: the
+            number of images, or ``False``.
         int8_io: with ``"int8"``: ``False`` keeps float32 input/output;
             ``True``/``"int8"`` makes them int8, ``"uint8"`` uint8 (the input
             then takes ``pixel / scale + zero_point``: read the tensor's
@@ -191,11 +256,16 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         ValueError: an undecodable calibration/verification image (named).
         ExportVerificationError: float32 file does not match Keras.
     """
-    from mobileone_tf import runtime
+    from mobileone_tf import data, runtime
+    if calibration_exclude:
+        if data.image_folders(calibration_data) is None:
+            raise ExportError("calibration_exclude (--calibration_exclude) needs image folders "
+                              "as calibration_data")
+        calibration_data = data.image_folders(calibration_data, calibration_exclude)
     output = check_options(output, quantize=quantize, overwrite=overwrite,
                            calibration_data=calibration_data,
                            calibration_steps=calibration_steps, int8_io=int8_io,
-                           labels=labels)
+                           labels=labels, bias_correction=bias_correction)
     if labels is not None:
         if num_classes(model) is None:
             raise ExportError(f"labels file {labels}: the model has no classifier (include_top)")
@@ -207,18 +277,23 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
                 batch_size=batch_size, input_size=input_size, names=class_names,
                 outputs=outputs, fold=fold)
     source, calibration = job.fixed, None
-    if quantize == "int8":
+    if float_layers:
+        selective.check_float_layers(float_layers, selective.keras_layer_names(job.fixed))
+    if quantize in ("int8", "int16x8"):
         n = int(calibration_steps) * int(job.fixed.input.shape[0])
         calibration = _full_batches(job.fixed, calibration_data, n, "calibration_data")
         if equalize:
             source = _equalized(job.fixed, calibration_data)
             job.report["equalized"] = source is not job.fixed
+        source, job.report["bias_correction"] = (
+            _bias_corrected(source, calibration, calibration_data, bias_correction,
+                            float_layers) if bias_correction else (source, False))
         job.report["calibration"] = {"data": describe(calibration_data, len(calibration)),
                                      "steps": int(calibration_steps),
                                      "int8_io": int8_io or False}
     with staging(output) as tmp:
         staged = os.path.join(tmp, "model.tflite")
-        flatbuffer = _convert(source, tmp, quantize, calibration, int8_io)
+        flatbuffer = _convert(source, tmp, quantize, calibration, int8_io, float_layers)
         with open(staged, "wb") as f:
             f.write(flatbuffer)
         inputs, outputs = runtime.tflite_io(staged)
@@ -233,5 +308,10 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         job.report["xnnpack"] = {"partitions": graph["delegate_partitions"],
                                  "all_delegated": graph["all_delegated"],
                                  "float_ops": graph["float_ops"]}
+        if float_layers:
+            job.report["float_layers"] = [
+                layer["name"] for layer in selective.quantizable_layers(
+                    staged, selective.keras_layer_names(job.fixed))
+                if layer["dtype"] == "float32"]
         return job.finish(staged, verify=verify, verify_data=verify_data,
                           strict=quantize == "none", report_path=report_path)

@@ -36,7 +36,8 @@ Images are NHWC float32 RGB 0..255 (the model normalizes inside) unless the
 model was built with ``include_preprocessing=False``.
 """
 
-from mobileone_tf.quantization.calibration import calibrate_ranges
+from mobileone_tf.quantization.bias_correction import correct_bias, int8_weights
+from mobileone_tf.quantization.calibration import calibrate_ranges, frozen_ranges
 from mobileone_tf.quantization.checks import fused_mobileone
 from mobileone_tf.quantization.distillation import (MIX_MODES, distillation_loss,
                                                     fine_tune, mix_images)
@@ -47,8 +48,9 @@ from mobileone_tf.quantization.qat import (IO_TYPES, export_tflite, qat_from_wei
 from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
 
 __all__ = [
-    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "distillation_loss", "equalize_activations",
-    "export_tflite", "fine_tune", "fused_mobileone", "load_tfmot", "mix_images",
+    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "correct_bias", "distillation_loss",
+    "equalize_activations", "int8_weights",
+    "export_tflite", "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",
     "qat_dataset", "qat_from_weights", "quantization_aware_training", "quantize",
     "take_images", "to_tf_keras",
 ]

@@ -34,8 +34,9 @@ def fused_mobileone(model):
         raise ValueError(f"Not a fused MobileOne model ({e}). Build it with "
                          "mobileone_tf.MobileOne(...) and mobileone_tf.fuse().") from e
     if not info["fused"]:
-        raise ValueError("QAT quantizes the fused (deployed) graph: call "
-                         "mobileone_tf.fuse(model) first (the model is branched).")
+        raise ValueError("Quantization (QAT, equalization, bias correction) works on the fused "
+                         "(deployed) graph: call mobileone_tf.fuse(model) first (the model "
+                         "is branched).")
     if info["nested"]:
         raise ValueError(f"Model '{model.name}' holds the MobileOne as a nested layer: "
                          "quantize the MobileOne model itself "

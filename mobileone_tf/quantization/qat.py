@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from mobileone_tf.quantization.bias_correction import correct_bias
 from mobileone_tf.quantization.calibration import calibrate_ranges
 from mobileone_tf.quantization.distillation import fine_tune
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
@@ -27,6 +28,10 @@ accepted for ``"float32"``)."""
 EQUALIZATION_IMAGES = 64
 """Images :func:`quantization_aware_training` takes from ``train_data`` for
 :func:`mobileone_tf.quantization.equalize_activations`."""
+
+BIAS_CORRECTION_IMAGES = 128
+"""Images :func:`quantization_aware_training` takes from ``train_data`` for
+:func:`mobileone_tf.quantization.correct_bias`."""
 
 
 def _io_type(io):
@@ -112,7 +117,7 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                                 input_size=None, verify_data=None, calibration_steps=10,
                                 equalize=True, mix=None, mix_alpha=1.0, batch_size=32,
                                 verbose=1, freeze_ranges=False, exclude=None,
-                                augment=True):
+                                augment=True, bias_correction=False):
     """Fused Keras 3 MobileOne -> QAT by distillation -> int8 TFLite file.
 
     Args:
@@ -128,6 +133,12 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
             (:data:`EQUALIZATION_IMAGES` images from ``train_data``) before
             quantizing; the float function is unchanged, the int8 one much
             closer to it.
+        bias_correction: after equalization, subtract each layer's mean
+            int8 weight-rounding shift from its bias
+            (:func:`mobileone_tf.quantization.correct_bias`, on
+            :data:`BIAS_CORRECTION_IMAGES` images of ``train_data``; TFMOT
+            rounds the weights as TFLite does), so QAT starts from the
+            corrected point.
         calibration_steps: batches for
             :func:`mobileone_tf.quantization.calibrate_ranges` before
             fine-tuning (0: keep TFMOT's [-6, 6] start; skipped when a
@@ -159,6 +170,8 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                                           with_skipped=True, exclude=exclude, augment=augment)
     if equalize:
         model = equalize_activations(model, take_images(train_data, EQUALIZATION_IMAGES))
+    if bias_correction:
+        model = correct_bias(model, take_images(train_data, BIAS_CORRECTION_IMAGES))
     student, _ = to_tf_keras(model, input_size=input_size)
     qat_model = quantize(student)
     if calibration_steps:
