@@ -16,7 +16,7 @@ INT8_MAX = 127
 """TFLite's int8 weights are symmetric, narrow range: ``[-127, 127]``."""
 
 
-def int8_weights(kernel, depthwise=False):
+def int8_weights(kernel, depthwise=False, per_channel=True):
     """The int8 weights TFLite's full-integer converter makes of a kernel.
 
     Per output channel, symmetric, narrow range: ``scale_c = max|w_c| / 127``
@@ -41,6 +41,8 @@ def int8_weights(kernel, depthwise=False):
             ``(kh, kw, C, multiplier)`` (channel = ``(C, multiplier)``,
             TFLite's ``C * multiplier`` output channels).
         depthwise: ``kernel`` is a ``DepthwiseConv2D`` kernel.
+        per_channel: ``False``: one scale for the whole kernel
+            (``max|w| / 127``), as TFMOT's QAT does for ``Dense`` kernels.
 
     Returns:
         ``(q, scale)``: int8 array of ``kernel``'s shape and float64 scales
@@ -53,7 +55,8 @@ def int8_weights(kernel, depthwise=False):
     w = np.asarray(kernel, np.float64)
     if depthwise and w.ndim != 4:
         raise ValueError(f"A DepthwiseConv2D kernel is (kh, kw, C, multiplier); got {w.shape}")
-    axes = (0, 1) if depthwise else tuple(range(w.ndim - 1))
+    axes = tuple(range(w.ndim)) if not per_channel else (
+        (0, 1) if depthwise else tuple(range(w.ndim - 1)))
     scale = np.abs(w).max(axis=axes, keepdims=True) / INT8_MAX
     scale[scale == 0] = 1.0
     q = np.sign(w) * np.floor(np.abs(w) / scale + 0.5)
@@ -69,14 +72,15 @@ def _corrected_layers(layers):
             if isinstance(layer, kinds) and getattr(layer, "use_bias", False)]
 
 
-def _rounding_shift(layer):
+def _rounding_shift(layer, per_tensor=()):
     """Symbolic ``mean over space of (W_q - W) * x`` of ``layer``'s input:
     ``(B, channels)``."""
     import keras
     ops = keras.ops
     kernel = np.asarray(layer.kernel.numpy(), np.float64)
     depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-    q, scale = int8_weights(kernel, depthwise)
+    q, scale = int8_weights(kernel, depthwise,
+                            per_channel=type(layer).__name__ not in per_tensor)
     eps = (q * scale - kernel).astype(np.float32)
     x = layer.input
     if isinstance(layer, keras.layers.Dense):
@@ -94,7 +98,8 @@ def _rounding_shift(layer):
     return ops.mean(y, axis=spatial)
 
 
-def correct_bias(model, images, *, batch_size=None, skip=(), return_shifts=False):
+def correct_bias(model, images, *, batch_size=None, skip=(), return_shifts=False,
+                 per_tensor=()):
     """Empirical bias correction of int8 weight rounding (fused MobileOne).
 
     Rounding a layer's weights to int8 (``W_q = W + eps``) shifts its
@@ -125,6 +130,11 @@ def correct_bias(model, images, *, batch_size=None, skip=(), return_shifts=False
             batch size, else 16).
         skip: names of layers left uncorrected (those the conversion keeps
             in float, e.g. ``to_tflite(float_layers=...)``).
+        per_tensor: layer class names (``"DepthwiseConv2D"``, ``"Dense"``)
+            whose weights the target rounds per tensor
+            (``int8_weights(per_channel=False)``), e.g. the ``Dense`` layer
+            of a QAT model's file
+            (:data:`mobileone_tf.quantization.qat.QAT_PER_TENSOR`).
         return_shifts: also return ``{layer name: E[eps x]}`` (float64
             ``(channels,)``, the amount subtracted).
 
@@ -155,7 +165,8 @@ def correct_bias(model, images, *, batch_size=None, skip=(), return_shifts=False
     clone.mobileone_config = dict(model.mobileone_config)
     shifts = {}
     if targets:
-        probe = keras.Model(model.inputs, [_rounding_shift(layer) for layer in targets])
+        probe = keras.Model(model.inputs, [_rounding_shift(layer, tuple(per_tensor))
+                                           for layer in targets])
         b = batch_size or model.inputs[0].shape[0] or 16
         outs = probe.predict(images, batch_size=int(b), verbose=0)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]

@@ -29,6 +29,11 @@ EQUALIZATION_IMAGES = 64
 """Images :func:`quantization_aware_training` takes from ``train_data`` for
 :func:`mobileone_tf.quantization.equalize_activations`."""
 
+QAT_PER_TENSOR = ("Dense",)
+"""Layers whose kernels a QAT model's TFLite file holds with one scale per
+tensor (TFMOT's ``Dense`` weight quantizer); convolutions are rounded per
+channel by the converter."""
+
 BIAS_CORRECTION_IMAGES = 128
 """Images :func:`quantization_aware_training` takes from ``train_data`` for
 :func:`mobileone_tf.quantization.correct_bias`."""
@@ -133,12 +138,15 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
             (:data:`EQUALIZATION_IMAGES` images from ``train_data``) before
             quantizing; the float function is unchanged, the int8 one much
             closer to it.
-        bias_correction: after equalization, subtract each layer's mean
-            int8 weight-rounding shift from its bias
-            (:func:`mobileone_tf.quantization.correct_bias`, on
-            :data:`BIAS_CORRECTION_IMAGES` images of ``train_data``; TFMOT
-            rounds the weights as TFLite does), so QAT starts from the
-            corrected point.
+        bias_correction: after fine-tuning, subtract from each layer's bias
+            the mean shift the export's int8 weight rounding causes
+            (:func:`mobileone_tf.quantization.correct_bias` on the trained
+            weights, :data:`BIAS_CORRECTION_IMAGES` images of ``train_data``;
+            per channel, per tensor for :data:`QAT_PER_TENSOR`). TFMOT's
+            default scheme puts a ``NoOpQuantizeConfig`` on a convolution
+            followed by a ReLU layer: the fine-tuning never sees the
+            convolutions' weight rounding, which the converter applies only
+            at export, so the correction is made after it.
         calibration_steps: batches for
             :func:`mobileone_tf.quantization.calibrate_ranges` before
             fine-tuning (0: keep TFMOT's [-6, 6] start; skipped when a
@@ -170,8 +178,6 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                                           with_skipped=True, exclude=exclude, augment=augment)
     if equalize:
         model = equalize_activations(model, take_images(train_data, EQUALIZATION_IMAGES))
-    if bias_correction:
-        model = correct_bias(model, take_images(train_data, BIAS_CORRECTION_IMAGES))
     student, _ = to_tf_keras(model, input_size=input_size)
     qat_model = quantize(student)
     if calibration_steps:
@@ -181,12 +187,44 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                         temperature=temperature, label_weight=label_weight,
                         checkpoint_dir=checkpoint_dir, resume=resume, mix=mix,
                         mix_alpha=mix_alpha, verbose=verbose, freeze_ranges=freeze_ranges)
+    if bias_correction:
+        _correct_qat_biases(qat_model, model, take_images(train_data, BIAS_CORRECTION_IMAGES))
     path, report = export_tflite(qat_model, output, io=io, overwrite=overwrite,
                                  verify_data=verify_data)
     report["history"] = history.history if history is not None else {}
     if skipped is not None:
         _report_skipped(report, skipped)
     return qat_model, path, report
+
+
+def _correct_qat_biases(qat_model, model, images):
+    """Bias correction of the fine-tuned ``qat_model`` (in place): its float
+    kernels and biases are copied by layer name into a clone of the fused
+    Keras 3 ``model``, :func:`correct_bias` measures each layer's rounding
+    shift there, and the shifts are subtracted from the QAT layers' biases."""
+    import keras
+    from mobileone_tf import models
+    wrapped = {getattr(layer, "layer", layer).name: layer for layer in qat_model.layers}
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.mobileone_config = dict(model.mobileone_config)
+    for layer in models.all_layers(clone):
+        if layer.weights and layer.name in wrapped and isinstance(
+                layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            found = _kernel_and_bias(wrapped[layer.name])
+            layer.set_weights([v.numpy() for v in found])
+    _, shifts = correct_bias(clone, images, return_shifts=True, per_tensor=QAT_PER_TENSOR)
+    for name, shift in shifts.items():
+        bias = _kernel_and_bias(wrapped[name])[1]
+        bias.assign(bias - shift.reshape(bias.shape).astype(bias.dtype.as_numpy_dtype))
+
+
+def _kernel_and_bias(layer):
+    """The kernel and bias *variables* of a TFMOT ``QuantizeWrapper``'s layer
+    (the wrapped layer's ``kernel`` attribute holds the fake-quantized tensor,
+    and the variable may be listed by the wrapper only)."""
+    named = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+    return named.get("depthwise_kernel", named.get("kernel")), named["bias"]
 
 
 def _report_skipped(report, skipped):
