@@ -54,7 +54,7 @@ def tiny_qat(tmp_path_factory):
     qat_model, path, report = q.quantization_aware_training(
         model, tmp / "train", tmp / "s0_int8.tflite", batch_size=4, epochs=2,
         steps_per_epoch=2, learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify,
-        mix="cutmix", bias_correction=True, verbose=0)
+        mix="cutmix", verbose=0)
     return dict(tmp=tmp, model=model, qat=qat_model, path=path, report=report,
                 verify=verify, folder=folder)
 

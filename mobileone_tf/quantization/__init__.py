@@ -43,12 +43,13 @@ from mobileone_tf.quantization.distillation import (MIX_MODES, distillation_loss
                                                     fine_tune, mix_images)
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
-from mobileone_tf.quantization.qat import (IO_TYPES, export_tflite, qat_from_weights,
+from mobileone_tf.quantization.qat import (IO_TYPES, correct_qat_biases, export_tflite,
+                                           qat_from_weights,
                                            quantization_aware_training)
 from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
 
 __all__ = [
-    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "correct_bias", "distillation_loss",
+    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "correct_bias", "correct_qat_biases", "distillation_loss",
     "equalize_activations", "int8_weights",
     "export_tflite", "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",
     "qat_dataset", "qat_from_weights", "quantization_aware_training", "quantize",

@@ -188,7 +188,7 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
                         checkpoint_dir=checkpoint_dir, resume=resume, mix=mix,
                         mix_alpha=mix_alpha, verbose=verbose, freeze_ranges=freeze_ranges)
     if bias_correction:
-        _correct_qat_biases(qat_model, model, take_images(train_data, BIAS_CORRECTION_IMAGES))
+        correct_qat_biases(qat_model, model, take_images(train_data, BIAS_CORRECTION_IMAGES))
     path, report = export_tflite(qat_model, output, io=io, overwrite=overwrite,
                                  verify_data=verify_data)
     report["history"] = history.history if history is not None else {}
@@ -197,11 +197,29 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
     return qat_model, path, report
 
 
-def _correct_qat_biases(qat_model, model, images):
-    """Bias correction of the fine-tuned ``qat_model`` (in place): its float
-    kernels and biases are copied by layer name into a clone of the fused
-    Keras 3 ``model``, :func:`correct_bias` measures each layer's rounding
-    shift there, and the shifts are subtracted from the QAT layers' biases."""
+def correct_qat_biases(qat_model, model, images):
+    """Bias correction of a (fine-tuned) QAT model before its int8 export.
+
+    The QAT model's float kernels and biases are copied by layer name into a
+    clone of the fused Keras 3 ``model`` it was built from,
+    :func:`mobileone_tf.quantization.correct_bias` measures there the mean
+    output shift each layer's int8 weight rounding will cause in the
+    exported file (per channel; per tensor for :data:`QAT_PER_TENSOR`), and
+    the shifts are subtracted from the QAT layers' biases.
+
+    Args:
+        qat_model: from :func:`mobileone_tf.quantization.quantize` (modified
+            in place).
+        model: the fused Keras 3 MobileOne ``qat_model`` was made from (its
+            weights are not used; not modified).
+        images: float32 ``(N, H, W, 3)`` RGB 0..255 training-side images.
+
+    Returns:
+        ``{layer name: shift}`` (float64 ``(channels,)``, what was subtracted).
+
+    Raises:
+        ValueError: not a fused MobileOne, or images of another size.
+    """
     import keras
     from mobileone_tf import models
     wrapped = {getattr(layer, "layer", layer).name: layer for layer in qat_model.layers}
@@ -217,6 +235,7 @@ def _correct_qat_biases(qat_model, model, images):
     for name, shift in shifts.items():
         bias = _kernel_and_bias(wrapped[name])[1]
         bias.assign(bias - shift.reshape(bias.shape).astype(bias.dtype.as_numpy_dtype))
+    return shifts
 
 
 def _kernel_and_bias(layer):
