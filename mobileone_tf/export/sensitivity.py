@@ -49,6 +49,7 @@ import numpy as np
 
 from mobileone_tf.export import selective, tflite
 from mobileone_tf.export.common import ExportError
+from mobileone_tf.export.images import describe
 from mobileone_tf.export.saved_model import write_saved_model
 
 MODES = ("only", "all_but")
@@ -239,9 +240,8 @@ def sensitivity_scan(model, calibration_data, holdout_data, *, mode="only",
     full = selective.requantize(debugger)
     layers = selective.quantizable_layers(debugger.calibrated_model, names)
     report = {"mode": mode, "equalized": source is not fixed,
-              "calibration": {"data": str(calibration_data if isinstance(
-                  calibration_data, (str, os.PathLike)) else "array"),
-                  "images": len(calibration)},
+              "calibration": {"data": describe(calibration_data, len(calibration)),
+                              "images": len(calibration)},
               "holdout": {"data": str(described), "images": len(images),
                           "labelled": labels is not None},
               "float": score(reference_logits, reference_logits, labels),

@@ -57,7 +57,8 @@ def check_options(output, *, quantize="none", overwrite=False, calibration_data=
         if calibration_data is None or (isinstance(calibration_data, str)
                                         and not calibration_data):
             raise ExportError(f"quantize={quantize!r} needs calibration_data "
-                              "(--calibration_data DIR): a folder of representative images (never the evaluation set)")
+                              "(--calibration_data DIR): a folder of representative images "
+                              "(never the evaluation set)")
         check_image_source(calibration_data, "calibration_data")
         if int(calibration_steps) < 1:
             raise ExportError(f"calibration_steps must be >= 1; got {calibration_steps}")
@@ -265,7 +266,8 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
     output = check_options(output, quantize=quantize, overwrite=overwrite,
                            calibration_data=calibration_data,
                            calibration_steps=calibration_steps, int8_io=int8_io,
-                           labels=labels, bias_correction=bias_correction)
+                           labels=labels, bias_correction=bias_correction,
+                           float_layers=float_layers)
     if labels is not None:
         if num_classes(model) is None:
             raise ExportError(f"labels file {labels}: the model has no classifier (include_top)")
@@ -280,10 +282,9 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
     if float_layers:
         selective.check_float_layers(float_layers, selective.keras_layer_names(job.fixed))
     if quantize in ("int8", "int16x8"):
-        n = int(calibration_steps) * int(job.fixed.input.shape[0])
-        calibration = _full_batches(job.fixed, calibration_data, n, "calibration_data")
+        source, calibration = quantization_inputs(job.fixed, calibration_data,
+                                                  calibration_steps, equalize)
         if equalize:
-            source = _equalized(job.fixed, calibration_data)
             job.report["equalized"] = source is not job.fixed
         source, job.report["bias_correction"] = (
             _bias_corrected(source, calibration, calibration_data, bias_correction,
