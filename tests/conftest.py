@@ -1,10 +1,17 @@
-"""Test isolation: Keras, torch, onnxruntime and TF write under ~/.keras,
-~/.cache and $TMPDIR; point all of them at one temporary folder. Must run
-before TensorFlow/Keras are imported (pytest imports conftest first)."""
+"""Test isolation and the reference policy.
+
+Keras, torch, onnxruntime and TF write under ~/.keras, ~/.cache and $TMPDIR;
+point all of them at one temporary folder. Must run before TensorFlow/Keras
+are imported (pytest imports conftest first).
+
+Reference data and packages: a test that needs them calls
+:func:`require_shared` / :func:`require_modules` / :func:`import_or_missing`
+before the code under test runs. A missing reference skips with a reason on a
+user's machine and fails under CI (:data:`REQUIRE_REFERENCE`); nothing turns
+a failure of the code under test into a skip."""
 
 import os
 import pathlib
-import re
 import tempfile
 
 _TMP = pathlib.Path(tempfile.mkdtemp(prefix="mobileone_tf_tests_"))
@@ -19,61 +26,93 @@ os.environ.pop("MOBILEONE_TF_CHECKPOINTS", None)
 os.environ.pop("TF_USE_LEGACY_KERAS", None)
 tempfile.tempdir = str(_TMP / "tmp")
 
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+#: Under CI (``CI=true``, as CI sets it) or ``MOBILEONE_TF_REQUIRE_REFERENCE=1``
+#: a missing reference (data under ``../shared/data``, torch/timm/torchvision,
+#: KerasHub, MediaPipe) FAILS the test that needs it; otherwise (a user's plain
+#: ``pytest`` on a fresh clone) it skips, naming what is missing.
+REQUIRE_REFERENCE = (os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+                     or os.environ.get("MOBILEONE_TF_REQUIRE_REFERENCE", "") == "1")
 
-class SharedPath(type(pathlib.Path())):
-    """A path under ``../shared/data`` whose ``/`` skips the test (with the
-    missing path as the reason) when the joined path does not exist, so a
-    partly present ``../shared/data`` gives skips, not failures."""
+#: What ``../shared/data`` holds (its README); CI checks all of it up front.
+SHARED_ITEMS = ("mobileone_s0.pth.tar", "imagenet-val-1300/labels.csv", "imagenet_classes.csv",
+                "imagenette/train", "imagenette/val", "imagenette/classes.csv",
+                "camvid/splits/train.txt", "tiny-imagenet-202")
 
-    def __truediv__(self, key):
-        path = super().__truediv__(key)
-        if not path.exists():
-            pytest.skip(f"reference data missing: {path} (see ../shared/data/README.md)")
-        return path
+#: Reference packages (the dev extra) that tests run in subprocesses or import.
+REFERENCE_MODULES = ("torch", "torchvision", "timm", "keras_hub")
+
+
+def missing_reference(reason):
+    """Skips the calling test with ``reason``, or fails it under
+    :data:`REQUIRE_REFERENCE` (CI). Call it BEFORE the code under test runs:
+    a failure of the code under test is never turned into a skip."""
+    if REQUIRE_REFERENCE:
+        pytest.fail(f"{reason} [required: CI=true or MOBILEONE_TF_REQUIRE_REFERENCE=1]",
+                    pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def require_shared(*relpaths):
-    """``../shared/data`` as a :class:`SharedPath`; skips the calling test
-    unless the folder and every ``relpaths`` entry under it exist."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real reference data not found at {SHARED_DATA} "
-                    "(see ../shared/data/README.md)")
-    root = SharedPath(SHARED_DATA)
-    for rel in relpaths:
-        root / rel  # noqa: B018 (skips when missing)
-    return root
+    """``../shared/data`` (a plain :class:`pathlib.Path`) once the folder and
+    every ``relpaths`` entry under it exist; otherwise
+    :func:`missing_reference` naming the first missing path. Paths joined onto
+    the result later are NOT checked: list every path the test needs here."""
+    for path in (SHARED_DATA, *(SHARED_DATA / rel for rel in relpaths)):
+        if not path.exists():
+            missing_reference(f"reference data missing: {path} (see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+def require_modules(*names, extra="dev"):
+    """Checks that ``names`` import in a separate process (torch and
+    torchvision must never be imported beside TensorFlow); otherwise
+    :func:`missing_reference` with the import error's last line."""
+    code = "; ".join(f"import {n}" for n in names)
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+        missing_reference(f"{', '.join(names)} not importable (pip install -e '.[{extra}]'): {last}")
+
+
+def import_or_missing(name, extra="dev"):
+    """``pytest.importorskip`` under the reference policy: the module, or
+    :func:`missing_reference` (a failure under CI)."""
+    try:
+        return __import__(name)
+    except ImportError as e:
+        missing_reference(f"{name} not importable (pip install -e '.[{extra}]'): {e}")
+
+
+def pytest_sessionstart(session):
+    """Under CI, a missing ``../shared/data`` item or reference package stops
+    the run at once with one message naming it."""
+    if not REQUIRE_REFERENCE:
+        return
+    missing = ([str(SHARED_DATA)] if not SHARED_DATA.is_dir() else
+               [str(SHARED_DATA / rel) for rel in SHARED_ITEMS if not (SHARED_DATA / rel).exists()])
+    missing += [f"python package {m}" for m in REFERENCE_MODULES
+                if importlib.util.find_spec(m) is None]
+    if missing:
+        raise pytest.UsageError(
+            "reference data/packages required under CI=true (or "
+            "MOBILEONE_TF_REQUIRE_REFERENCE=1) are missing: " + ", ".join(missing)
+            + " (see ../shared/data/README.md; pip install -e '.[dev]')")
 
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """``../shared/data`` (Apple's S0 checkpoint, real images) as a
-    :class:`SharedPath`: skips when the folder, the checkpoint, or any path a
-    test joins onto it is missing (a user's fresh clone has none)."""
-    return require_shared("mobileone_s0.pth.tar")
-
-
-_SHARED_PATH = re.compile(re.escape(str(SHARED_DATA)) + r"""[^\s'",:;)\]]*""")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """A test that fails because a file under ``../shared/data`` is missing
-    (read by the package or a subprocess, not through ``SharedPath``) is
-    reported as skipped, naming the file."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and call.excinfo is not None:
-        missing = sorted({p for p in _SHARED_PATH.findall(str(report.longrepr))
-                          if not os.path.exists(p)})
-        if missing:
-            report.outcome = "skipped"
-            report.longrepr = (str(item.path), item.location[1] or 0,
-                               f"Skipped: reference data missing: {missing[0]}")
+    """``../shared/data`` once every :data:`SHARED_ITEMS` entry exists
+    (Apple's S0 checkpoint, real images); skips (fails under CI) otherwise."""
+    return require_shared(*SHARED_ITEMS)
 
 
 @pytest.fixture(scope="session")

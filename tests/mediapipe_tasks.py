@@ -29,14 +29,14 @@ SCRIPT = os.path.abspath(__file__)
 
 def mediapipe_folder():
     """The MediaPipe folder (``$MOBILEONE_TF_MEDIAPIPE_DIR`` or installed into
-    the session's Keras cache); skips the test when pip cannot install it."""
-    import pytest
-
+    the session's Keras cache); skips the test (fails it under CI) when pip
+    cannot install it."""
+    from tests.conftest import missing_reference
     from mobileone_tf.export import ExportError, metadata
     try:
         return metadata.mediapipe_dir()
     except ExportError as e:
-        pytest.skip(f"MediaPipe unavailable (no PyPI?): {e}")
+        missing_reference(f"MediaPipe unavailable (no PyPI?): {e}")
 
 
 def run(command, model, images, folder, tmp_path):

@@ -16,6 +16,7 @@ import keras
 
 from mobileone_tf import benchmark as bm
 from mobileone_tf.benchmark import report, stats
+from tests.conftest import import_or_missing, require_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "benchmark.py")]
@@ -283,7 +284,7 @@ def test_stage_truncations_for_the_per_stage_profile():
 
 
 def test_segmenters_take_camvid_frames():
-    pytest.importorskip("keras_hub", reason="KerasHub not installed (pip install -e '.[hub]')")
+    import_or_missing("keras_hub", extra="hub")
     import mobileone_tf as mo
     from mobileone_tf.benchmark import workers
     for name in bm.SEGMENTERS:
@@ -369,8 +370,7 @@ def test_torch_latency_reports_rounds_and_noise():
     """timm's re-parameterized MobileOne, timed by the real
     ``python -m mobileone_tf.benchmark.torch_worker`` process in the same
     interleaved rounds as the TF runtimes, so its rows carry a noise figure."""
-    if not bm.torch_available():
-        pytest.skip("torch/timm not installed")
+    require_modules("torch", "timm")
     out = bm.run_torch({"mode": "latency", "variants": ["s0", "s1"], "threads": 1,
                         "runs": 4, "warmup": 1, "rounds": 2, "size": 64, "batch": 1})
     rows = out["rows"]

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from mobileone_tf import weights
 from tests import checkpoint_writer as cw
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_modules, require_shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "torch_checkpoints.py")
@@ -56,9 +56,7 @@ def _settings(n):
 @pytest.fixture(scope="module")
 def ref(test_tmp):
     """Folder written by tests/torch_checkpoints.py (skips without torch)."""
-    probe = subprocess.run([sys.executable, "-c", "import torch, timm"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("torch/timm not importable (pip install -e '.[dev]')")
+    require_modules("torch", "timm")
     out = test_tmp / "fuzz_ref"
     cmd = [sys.executable, SCRIPT, "write", str(out)] + (
         ["--s0", str(S0)] if S0.is_file() else [])
@@ -83,8 +81,8 @@ def samples(ref):
 
 @pytest.fixture(scope="module")
 def s0_sample(ref):
-    if not (S0.is_file() and (ref / "s0.npz").is_file()):
-        pytest.skip(f"Apple's S0 checkpoint not found at {S0} (see ../shared/data/README.md)")
+    require_shared("mobileone_s0.pth.tar")
+    assert (ref / "s0.npz").is_file(), "torch_checkpoints.py wrote no s0.npz"
     return S0.read_bytes(), _expected(ref / "s0.npz")
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mobileone_tf import data
-from tests.conftest import ROOT, SHARED_DATA, require_shared
+from tests.conftest import REQUIRE_REFERENCE, ROOT, SHARED_DATA, require_modules, require_shared
 from tests.image_fixtures import save, smooth_image, write_bad_images
 
 TORCHVISION_REF = ROOT / "tests" / "torchvision_reference.py"
@@ -56,15 +56,15 @@ def generated(tmp_path_factory):
 
 
 def real_image_paths():
-    """Up to 40 imagenet-val-1300 and 20 imagenette/val images (those present)."""
-    paths = []
-    if (SHARED_DATA / "imagenet-val-1300" / "labels.csv").is_file():
-        with open(SHARED_DATA / "imagenet-val-1300" / "labels.csv", newline="") as f:
-            rows = [r["file"] for r in csv.DictReader(f)][:40]
-        paths += [str(SHARED_DATA / "imagenet-val-1300" / r) for r in rows]
-    if (SHARED_DATA / "imagenette" / "val").is_dir():
-        paths += data.list_images(SHARED_DATA / "imagenette" / "val")[::200][:20]
-    return [p for p in paths if os.path.isfile(p)]
+    """40 imagenet-val-1300 and 20 imagenette/val images (reference data:
+    skips, or fails under CI, when missing)."""
+    shared = require_shared("imagenet-val-1300/labels.csv", "imagenette/val")
+    with open(shared / "imagenet-val-1300" / "labels.csv", newline="") as f:
+        rows = [r["file"] for r in csv.DictReader(f)][:40]
+    paths = [str(shared / "imagenet-val-1300" / r) for r in rows]
+    paths += data.list_images(shared / "imagenette" / "val")[::200][:20]
+    assert len(paths) == 60 and all(os.path.isfile(p) for p in paths)
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +72,11 @@ def torchvision_ref(generated, folder, tmp_path_factory):
     """``{path: uint8 (224, 224, 3)}``: real torchvision Resize(256) +
     CenterCrop(224) + ToTensor, run in a subprocess, on the generated images,
     the ImageFolder's decodable images and the real images present."""
-    probe = subprocess.run([sys.executable, "-c", "import torchvision"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("torchvision not importable (pip install -e '.[dev]')")
+    require_modules("torchvision")
     paths = generated + [str(folder / n) for n in ("b_cls/1.jpg", "a_cls/cmyk.jpg",
-                                                    "c_cls/sub/3.jpg")] + real_image_paths()
+                                                    "c_cls/sub/3.jpg")]
+    if REQUIRE_REFERENCE or SHARED_DATA.is_dir():  # real images too wherever they can be
+        paths += real_image_paths()
     tmp = tmp_path_factory.mktemp("torchvision")
     (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
     proc = subprocess.run([sys.executable, str(TORCHVISION_REF), str(tmp / "ref.npz"),
@@ -265,8 +264,6 @@ def test_eval_transform_vs_torchvision_generated(generated, torchvision_ref):
 
 def test_eval_transform_vs_torchvision_real(torchvision_ref):
     paths = real_image_paths()
-    if len(paths) < 20:
-        require_shared("imagenet-val-1300/labels.csv", "imagenette/val")
     assert all(p in torchvision_ref for p in paths)
     # PIL path bit-exact; in-graph path: max 1 level, mean ~0.17 (PIL fixed point)
     _check_against_torchvision(paths, torchvision_ref, 1, 0.3)

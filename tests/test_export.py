@@ -277,7 +277,7 @@ def test_docs_use_exported_names(exported):
 
 @pytest.fixture(scope="module")
 def apple_s0(shared_data):
-    """Apple's fused S0, ported by the package (skips without ../shared/data)."""
+    """Apple's fused S0, ported by the package (skips without ../shared/data; fails under CI)."""
     return acceptance.build_s0(shared_data / "mobileone_s0.pth.tar")
 
 
@@ -285,7 +285,6 @@ def test_real_s0_tflite_top1_equals_keras(apple_s0, shared_data, tmp_path):
     """Apple's S0 on 100 real validation images: float32 TFLite top-1 equals
     the Keras top-1 image for image (full figures: scripts/export_acceptance.py)."""
     val = shared_data / "imagenet-val-1300"
-    val / "labels.csv"  # noqa: B018 (skips when the labels are missing)
     paths, labels = acceptance.labelled(val, 100)
     path, report = export.to_tflite(apple_s0, str(tmp_path / "s0.tflite"), verify_data=str(val),
                                     class_names=CLASS_NAMES)

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-keras_hub = pytest.importorskip("keras_hub", reason="KerasHub not installed "
-                                "(pip install -e '.[hub]')")
+from tests.conftest import import_or_missing  # noqa: E402
+
+keras_hub = import_or_missing("keras_hub", extra="hub")
 
 import keras  # noqa: E402
 

@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("keras_hub", reason="KerasHub not installed (pip install -e '.[hub]')")
+from tests.conftest import import_or_missing  # noqa: E402
+
+import_or_missing("keras_hub", extra="hub")
 
 from PIL import Image  # noqa: E402
 

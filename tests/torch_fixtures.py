@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import REQUIRE_REFERENCE, SHARED_DATA, require_modules, require_shared
 
 SCRIPT = pathlib.Path(__file__).with_name("torch_reference.py")
 
@@ -20,16 +20,13 @@ SCRIPT = pathlib.Path(__file__).with_name("torch_reference.py")
 def torch_ref(test_tmp):
     """Folder with the reference fixtures (see torch_reference.py); skips when
     torch/timm are not importable."""
-    probe = subprocess.run([sys.executable, "-c", "import torch, timm, safetensors"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("torch/timm not importable (pip install -e '.[dev]'): "
-                    + probe.stderr.strip().splitlines()[-1:][0] if probe.stderr else "")
+    require_modules("torch", "timm", "safetensors")
     out = test_tmp / "torch_ref"
     cmd = [sys.executable, str(SCRIPT), str(out)]
-    if (SHARED_DATA / "mobileone_s0.pth.tar").is_file():
-        cmd += ["--real", str(SHARED_DATA / "mobileone_s0.pth.tar"),
-                "--images", str(SHARED_DATA / "imagenet-val-1300")]
+    if REQUIRE_REFERENCE or (SHARED_DATA / "mobileone_s0.pth.tar").is_file():
+        shared = require_shared("mobileone_s0.pth.tar", "imagenet-val-1300/labels.csv")
+        cmd += ["--real", str(shared / "mobileone_s0.pth.tar"),
+                "--images", str(shared / "imagenet-val-1300")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"torch_reference.py failed:\n{proc.stderr[-4000:]}")
