@@ -113,12 +113,34 @@ def test_packaged_class_index_matches_the_reference_list(fresh_home, monkeypatch
     assert not os.listdir(fresh_home)  # nothing downloaded or cached
 
 
-def test_manifest_matches_code():
+# Pinned from Apple's ml-mobileone README ("Model Zoo", ImageNet-1K table:
+# "S0 (unfused)" ... "S4 (unfused)" links); Apple publishes no checksums. The
+# only published sha256 is S0's fused file, from ../shared/data/README.md.
+APPLE_BASE = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
+APPLE_URLS = {(v, form): APPLE_BASE + f"mobileone_{v}{suffix}.pth.tar"
+              for v in ("s0", "s1", "s2", "s3", "s4")
+              for form, suffix in (("fused", ""), ("branched", "_unfused"))}
+PUBLISHED_SHA256 = {("s0", "fused"):
+                    "968b1f851cee94b5516f68b50c710a74a6d60d5b1759bbf53528b7b860cc6a97"}
+
+
+def test_manifest_urls_and_hashes_are_apples():
+    """checkpoints/manifest.json and the code's table give Apple's URLs and
+    only published hashes (an unpublished hash would refuse Apple's file)."""
     with open(os.path.join(ROOT, "checkpoints", "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["checkpoints"] == weights.CHECKPOINTS
-    assert {(e["variant"], e["form"]) for e in weights.CHECKPOINTS} == {
-        (v, f) for v in ("s0", "s1", "s2", "s3", "s4") for f in ("fused", "branched")}
+    for table in (manifest["checkpoints"], weights.CHECKPOINTS):
+        assert {(e["variant"], e["form"]): e["url"] for e in table} == APPLE_URLS
+        assert {(e["variant"], e["form"]): e["sha256"] for e in table
+                if e["sha256"]} == PUBLISHED_SHA256
+        assert all(e["url"].endswith("/" + e["file"]) for e in table)
+
+
+def test_published_s0_hash_is_the_shared_file(shared_data):
+    """The pinned hash is the one of Apple's S0 file in ../shared/data."""
+    digest = weights.sha256sum(shared_data / "mobileone_s0.pth.tar")
+    assert digest == PUBLISHED_SHA256[("s0", "fused")]
 
 
 def test_decode_predictions_semantics(fresh_home, tmp_path, monkeypatch):
