@@ -40,7 +40,12 @@ def test_features_match_timm_features_only(torch_ref, variant):  # noqa: F811
 
 
 def test_fused_features_equal_branched():
-    model = mo.MobileOne("s0", weights=None, include_top=False, input_shape=(64, 96, 3))
+    """With random BatchNorm statistics and affine parameters (at their
+    initial mean 0 / variance 1 / gamma 1 / beta 0 a folding error that
+    drops the mean, variance or affine terms would pass)."""
+    from tests.helpers import randomize_batchnorm
+    model = randomize_batchnorm(mo.MobileOne("s0", weights=None, include_top=False,
+                                             input_shape=(64, 96, 3)), seed=2)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
     branched = mo.feature_extractor(model, levels=["P2", "P5"]).predict(x, verbose=0)
     fused = mo.feature_extractor(mo.fuse(model), levels=["P2", "P5"]).predict(x, verbose=0)
@@ -61,21 +66,26 @@ def test_feature_extractor_exports_one_named_output_per_level(tmp_path):
     per pyramid level, named "P3".."P5": LiteRT and ONNX Runtime run the
     files and every level is compared with Keras by the exporter (strict,
     float32); Core ML is spec-checked (no Core ML runtime on Linux)."""
-    from mobileone_tf import export
+    from mobileone_tf import export, runtime
     from tests.helpers import randomize_batchnorm
     model = randomize_batchnorm(mo.MobileOne("s0", weights=None, include_top=False,
                                              input_shape=(64, 96, 3)), seed=5)
     features = mo.feature_extractor(model, levels=["P3", "P4", "P5"])
     x = np.random.default_rng(3).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
     shapes = {"P3": [1, 8, 12, 128], "P4": [1, 4, 6, 256], "P5": [1, 2, 3, 1024]}
-    for fmt, to in (("tflite", export.to_tflite), ("onnx", export.to_onnx)):
-        _, report = to(features, str(tmp_path / f"features.{fmt}"), input_size=(64, 96),
-                       verify_data=x)
+    want = mo.feature_extractor(model, levels=["P3", "P4", "P5"]).predict(x, verbose=0)
+    for fmt, to in (("tflite", export.to_tflite), ("onnx", export.to_onnx),
+                    ("saved_model", export.to_saved_model)):
+        path, report = to(features, str(tmp_path / f"features.{fmt}"), input_size=(64, 96),
+                          verify_data=x)
         assert {o["name"]: o["shape"] for o in report["outputs"]} == shapes, fmt
         verification = report["verification"]
         assert verification["passed"] is True and sorted(verification["per_output"]) == \
             sorted(shapes), fmt
         assert all(v["rel_max_diff"] <= 1e-4 for v in verification["per_output"].values())
+        got = runtime.load(path)(x)  # the file, against the branched Keras model
+        for level in shapes:
+            assert rel_max_diff(want[level], got[level]) <= 1e-4, (fmt, level)
     _, report = export.to_coreml(features, str(tmp_path / "features.mlpackage"),
                                  input_size=(64, 96))
     assert [o["name"] for o in report["outputs"]] == ["P3", "P4", "P5"]
