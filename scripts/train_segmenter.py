@@ -9,10 +9,12 @@ Baseline (keras.applications MobileNetV3Large; --weights imagenet needs its
 Keras weights file downloaded or in ~/.keras/models):
   python scripts/train_segmenter.py --data ../shared/data/camvid \
       --backbone mobilenetv3large --weights imagenet --epochs 30 --output_dir runs/camvid_mnv3
-A killed run continues with --resume (same --output_dir); a finished run is
-never touched unless --overwrite. Prints the summary (test mIoU, per-class IoU,
-pixel accuracy, seconds); summary.json holds it too. TF_ENABLE_ONEDNN_OPTS
-defaults to 0 here (see below).
+A killed run continues with --resume (same --output_dir and the same flags, as
+recorded in run_config.json: a differing flag is refused; --data may change); a
+finished run is never touched unless --overwrite. Masks: PNGs of class indices
+(8-bit grey, palette or 16-bit); every image and mask is decoded first. Prints
+the summary (test mIoU, per-class IoU, pixel accuracy, seconds); summary.json
+holds it too. TF_ENABLE_ONEDNN_OPTS defaults to 0 here (see below).
 """
 
 import os

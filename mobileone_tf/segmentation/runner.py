@@ -10,6 +10,15 @@ for the encoder, weight decay 1e-4), cosine decay to 0 over all steps, batch
 multiple of 32, padding ignored), horizontal flip; cross-entropy with the void
 class ignored. The output folder follows :mod:`mobileone_tf.training.rundir`
 (``--resume``, ``--overwrite``); ``summary.json`` is written last.
+
+Before anything is built or written, every image of every split is fully
+decoded and every mask read and checked (:func:`.data.check_masks`): a bad
+file stops the run at once, by name. A run records its flags
+(:data:`RUN_CONFIG`, all of :class:`SegConfig`) when it starts writing;
+``--resume`` refuses any flag of :class:`SegConfig` that differs from that
+record (none may change: only ``--data`` and ``--output_dir`` are not
+recorded). A run that fails before its first epoch completed removes what it
+wrote (a new or overwritten run: nothing is left to resume).
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from mobileone_tf import fileio
 from mobileone_tf.segmentation import data as seg_data
 from mobileone_tf.segmentation import metrics as seg_metrics
 from mobileone_tf.segmentation.model import build_segmenter, check_size
+
+RUN_CONFIG = "run_config.json"
+"""The flags of the run in an output folder (:class:`SegConfig` as JSON),
+written when the run starts writing; ``--resume`` compares with it."""
 
 
 @dataclasses.dataclass
@@ -60,6 +73,51 @@ class SegConfig:
             raise FileNotFoundError(f"--weights {self.weights}: no such file")
         return self
 
+    def record(self):
+        """The JSON dict :data:`RUN_CONFIG` holds (``weights``: an absolute path)."""
+        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        if out["weights"] and out["weights"] != "imagenet":
+            out["weights"] = os.path.abspath(out["weights"])
+        return out
+
+
+def _show(name, value):
+    if name == "crop_size":
+        return ",".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def check_resume(config, output_dir):
+    """Raises ValueError when ``config`` differs from the flags recorded by
+    the run in ``output_dir`` (:data:`RUN_CONFIG`), naming every differing
+    flag in one line, e.g. ``"the run was fused: add --fused; --epochs was
+    2, not 3"``; also when there is no record."""
+    path = os.path.join(os.fspath(output_dir), RUN_CONFIG)
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--resume: {output_dir} holds no {RUN_CONFIG} (the flags of its run "
+                         "are unknown); pass --overwrite to start over") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: unreadable ({e}); pass --overwrite to start over") from None
+    given, diffs = config.record(), []
+    for name in given:
+        old, new = recorded.get(name), given[name]
+        if old == new:
+            continue
+        if isinstance(new, bool):
+            was, was_not = (("was fused", "was not fused") if name == "fused"
+                            else (f"used --{name}", f"did not use --{name}"))
+            diffs.append(f"the run {was}: add --{name}" if old
+                         else f"the run {was_not}: drop --{name}")
+        else:
+            diffs.append(f"--{name} was {_show(name, old)}, not {_show(name, new)}")
+    if diffs:
+        raise ValueError(f"--resume: flags differ from the run in {output_dir}: "
+                         + "; ".join(diffs) + " (a resumed run keeps all its flags; "
+                         "--overwrite starts over)")
+
 
 def _optimizer(config, steps):
     import keras
@@ -84,16 +142,25 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
 
     Raises:
         ValueError: a bad config, a mask value outside the classes (named),
-            a size not divisible by 32. FileExistsError / FileNotFoundError:
-            see :func:`mobileone_tf.training.check_output_dir`, missing files.
+            a size not divisible by 32, ``resume`` with flags that differ
+            from the run's (:func:`check_resume`).
+        mobileone_tf.data.ImageDecodeError: an undecodable image or mask
+            (named). FileExistsError / FileNotFoundError: see
+            :func:`mobileone_tf.training.check_output_dir`, missing files.
     """
     from mobileone_tf import training
     from mobileone_tf.training import rundir
     config.check()
     action = training.check_output_dir(output_dir, overwrite=overwrite, resume=resume)
+    if action == "resume":
+        check_resume(config, output_dir)
     splits = {s: seg_data.split_pairs(data_dir, s, config.limit) for s in ("train", "test")}
     if os.path.isfile(os.path.join(data_dir, "splits", "val.txt")):
         splits["val"] = seg_data.split_pairs(data_dir, "val", config.limit)
+    steps = len(splits["train"]) // config.batch_size
+    if steps < 1:
+        raise ValueError(f"--batch_size {config.batch_size} is larger than the "
+                         f"{len(splits['train'])} training images")
     sizes = [seg_data.check_masks(pairs, config.num_classes, config.ignore_class)
              for pairs in splits.values()]
     eval_size = seg_data.padded_size(max(h for h, _ in sizes), max(w for _, w in sizes))
@@ -103,11 +170,7 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
     crop = check_size(config.crop_size)
     train_ds = seg_data.train_dataset(splits["train"], crop, config.batch_size,
                                       config.ignore_class, (config.scale_min, config.scale_max),
-                                      config.seed)
-    steps = len(splits["train"]) // config.batch_size
-    if steps < 1:
-        raise ValueError(f"--batch_size {config.batch_size} is larger than the "
-                         f"{len(splits['train'])} training images")
+                                      config.seed, num_classes=config.num_classes)
     model = build_segmenter(config.backbone, config.num_classes, crop,
                             weights=config.weights, fused=config.fused,
                             freeze_stages=config.freeze_stages, norm_eval=config.norm_eval)
@@ -119,26 +182,51 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
     # the model is built (weights read) before anything is written
     if action == "overwrite":
         training.clear_run(output_dir)
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    if action != "resume":
+        fileio.write_json(config.record(), os.path.join(output_dir, RUN_CONFIG))
     done = rundir.backup_epoch(output_dir) if action == "resume" else 0
     rows = rundir.truncate_log(output_dir, done)
     val_ds = None
     if "val" in splits:  # validated at the crop size (the model's): padded or cropped there
         val_ds = seg_data.eval_dataset(splits["val"], crop, config.batch_size,
-                                       config.ignore_class, crop_larger=True)
+                                       config.ignore_class, crop_larger=True,
+                                       num_classes=config.num_classes)
     monitor = "val_mean_iou" if val_ds is not None else "mean_iou"
     best = max((float(r[monitor]) for r in rows if r.get(monitor)), default=None)
     cbs, throughput, guard = training.make_callbacks(
         output_dir, batch_size=config.batch_size, ema=False, monitor=monitor,
         best_so_far=best, extra=callbacks)
     start = time.time()
-    model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=cbs,
-              shuffle=False, verbose=1 if os.isatty(1) else 2)  # tf.data shuffles
+    try:
+        model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=cbs,
+                  shuffle=False, verbose=1 if os.isatty(1) else 2)  # tf.data shuffles
+    except BaseException:
+        if action != "resume" and rundir.backup_epoch(output_dir) == 0:
+            _remove_run(output_dir, created)  # nothing to resume: leave nothing behind
+        raise
     train_seconds = time.time() - start
     if guard.diverged_at is not None:
         raise RuntimeError(f"training diverged (NaN loss) at epoch/batch {guard.diverged_at}")
     return finish(model, config, splits, eval_size, output_dir, train_seconds,
                   throughput.history, done)
+
+
+def _remove_run(output_dir, created):
+    """Removes the run files of a run that failed before its first epoch
+    (and the folder when this run created it and it is empty); a failure
+    here never hides the run's own error."""
+    from mobileone_tf import training
+    try:
+        training.clear_run(output_dir)
+        record = os.path.join(output_dir, RUN_CONFIG)
+        if os.path.exists(record):
+            os.remove(record)
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+    except OSError:
+        pass
 
 
 def finish(model, config, splits, eval_size, output_dir, train_seconds, images_per_sec,
@@ -163,7 +251,7 @@ def finish(model, config, splits, eval_size, output_dir, train_seconds, images_p
     for split in ("val", "test"):
         if split in splits:
             ds = seg_data.eval_dataset(splits[split], eval_size, config.batch_size,
-                                       config.ignore_class)
+                                       config.ignore_class, num_classes=config.num_classes)
             t = time.time()
             result[split] = seg_metrics.evaluate(fused, ds, config.num_classes,
                                                  config.ignore_class, names)
