@@ -20,22 +20,28 @@ flags.DEFINE_list("exclude", None, "leave out the image paths matching these glo
 flags.DEFINE_enum("augment", "crop_flip", ["crop_flip", "random_resized_crop", "none"],
                   "training image transform (none: the eval centre crop)")
 flags.DEFINE_bool("freeze_ranges", False, "keep the calibrated activation ranges during QAT")
-flags.DEFINE_bool("bias_correction", False, "correct the biases for int8 weight rounding first")
+flags.DEFINE_bool("bias_correction", False, "after fine-tuning, correct the biases for the "
+                  "export's int8 weight rounding")
 flags.DEFINE_string("output", None, "output .tflite", required=True)
-flags.DEFINE_integer("epochs", 1, "epochs")
-flags.DEFINE_integer("steps_per_epoch", None, "steps per epoch (default: one pass)")
-flags.DEFINE_integer("batch_size", 32, "batch size")
+flags.DEFINE_integer("epochs", 1, "QAT epochs (>= 1)")
+flags.DEFINE_integer("steps_per_epoch", None, "batches per epoch (>= 1; default: one pass "
+                     "over the training images)")
+flags.DEFINE_integer("batch_size", 32, "batch size", lower_bound=1)
 flags.DEFINE_integer("image_size", 224, "training/export input size (pixels)")
 flags.DEFINE_float("learning_rate", 1e-5, "Adam learning rate (cosine decay)")
 flags.DEFINE_float("temperature", 2.0, "distillation temperature")
 flags.DEFINE_enum("io", "float32", ["float32", "int8", "uint8"], "TFLite input/output type")
-flags.DEFINE_integer("calibration_steps", 10,
-                     "batches to set the activation ranges before QAT (0: TFMOT's [-6, 6])")
+flags.DEFINE_integer("calibration_steps", 10, "batches to set the activation ranges "
+                     "before QAT (0: TFMOT's [-6, 6])", lower_bound=0)
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint each epoch here and resume")
 flags.DEFINE_bool("overwrite", False, "overwrite --output")
 flags.DEFINE_enum("mix", "none", ["none", "mixup", "cutmix"],
                   "blend training images in pairs before distillation (function matching)")
 flags.DEFINE_float("mix_alpha", 1.0, "MixUp Beta(alpha, alpha) / CutMix strength")
+flags.register_validator("epochs", lambda v: v >= 1, "must be >= 1 (0 exports without any "
+                         "QAT; for post-training int8 use scripts/convert.py --quantize int8)")
+flags.register_validator("steps_per_epoch", lambda v: v is None or v >= 1, "must be >= 1 (omit "
+                         "it for one pass over the training images)")
 FLAGS = flags.FLAGS
 
 

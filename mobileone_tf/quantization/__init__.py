@@ -39,8 +39,8 @@ model was built with ``include_preprocessing=False``.
 from mobileone_tf.quantization.bias_correction import correct_bias, int8_weights
 from mobileone_tf.quantization.calibration import calibrate_ranges, frozen_ranges
 from mobileone_tf.quantization.checks import fused_mobileone
-from mobileone_tf.quantization.distillation import (MIX_MODES, distillation_loss,
-                                                    fine_tune, mix_images)
+from mobileone_tf.quantization.distillation import (MIX_MODES, check_schedule,
+                                                    distillation_loss, fine_tune, mix_images)
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
 from mobileone_tf.quantization.qat import (IO_TYPES, correct_qat_biases, export_tflite,
@@ -49,7 +49,8 @@ from mobileone_tf.quantization.qat import (IO_TYPES, correct_qat_biases, export_
 from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
 
 __all__ = [
-    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "correct_bias", "correct_qat_biases", "distillation_loss",
+    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "check_schedule", "correct_bias",
+    "correct_qat_biases", "distillation_loss",
     "equalize_activations", "int8_weights",
     "export_tflite", "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",
     "qat_dataset", "qat_from_weights", "quantization_aware_training", "quantize",

@@ -64,6 +64,25 @@ def _distiller(tf_keras, student, teacher, temperature, label_weight):
     return Distiller()
 
 
+def check_schedule(epochs, steps_per_epoch):
+    """Checks ``fine_tune``'s ``epochs`` (an integer >= 1) and
+    ``steps_per_epoch`` (``None``: one pass over the data, or an integer
+    >= 1; Keras' ``-1`` would loop forever over the repeated data).
+
+    Raises:
+        ValueError: either out of range (names the argument).
+    """
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r} (0 would export "
+                         "without any quantization-aware training; post-training int8: "
+                         "mobileone_tf.export.to_tflite(..., quantize='int8'))")
+    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool)
+                                        or int(steps_per_epoch) != steps_per_epoch
+                                        or steps_per_epoch < 1):
+        raise ValueError(f"steps_per_epoch must be an integer >= 1 or None (one pass over "
+                         f"the data), got {steps_per_epoch!r}")
+
+
 def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
               learning_rate=1e-5, temperature=2.0, label_weight=0.0,
               checkpoint_dir=None, resume=True, mix=None, mix_alpha=1.0, verbose=1,
@@ -77,7 +96,9 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
             :func:`mobileone_tf.quantization.to_tf_keras`).
         train_data: ``tf.data.Dataset`` of images ``(B, H, W, 3)`` float32
             or ``(images, labels int)`` (labels used when ``label_weight > 0``).
-        epochs, steps_per_epoch: ``fit`` arguments.
+        epochs: number of epochs (>= 1).
+        steps_per_epoch: batches per epoch (>= 1); ``None``: one pass over
+            ``train_data`` (its cardinality).
         learning_rate: Adam learning rate (cosine decay to 0 over the run).
         temperature: distillation temperature ``T`` (> 0).
         label_weight: weight of the label cross-entropy (0: distillation only).
@@ -101,11 +122,13 @@ def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
         ``None`` when the restored checkpoint already reached ``epochs``.
 
     Raises:
-        ValueError: ``temperature <= 0``, bad ``mix`` / ``mix_alpha``, ``mix``
-            with ``label_weight``, or no ``steps_per_epoch`` for a dataset of
-            unknown size.
+        ValueError: ``epochs`` < 1, ``steps_per_epoch`` < 1
+            (:func:`check_schedule`), ``temperature <= 0``, bad ``mix`` /
+            ``mix_alpha``, ``mix`` with ``label_weight``, or no
+            ``steps_per_epoch`` for a dataset of unknown size.
     """
     import tensorflow as tf
+    check_schedule(epochs, steps_per_epoch)
     tf_keras, _ = load_tfmot()
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")

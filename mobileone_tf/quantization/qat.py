@@ -16,7 +16,7 @@ import numpy as np
 
 from mobileone_tf.quantization.bias_correction import correct_bias
 from mobileone_tf.quantization.calibration import calibrate_ranges
-from mobileone_tf.quantization.distillation import fine_tune
+from mobileone_tf.quantization.distillation import check_schedule, fine_tune
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
 from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
@@ -162,13 +162,16 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
         of them, ``""`` when none).
 
     Raises:
-        ValueError: not a fused MobileOne, empty/unreadable folder, bad options.
+        ValueError: not a fused MobileOne, empty/unreadable folder, bad options
+            (e.g. ``epochs`` < 1 or ``steps_per_epoch`` < 1, checked before any
+            work).
         FileNotFoundError: ``train_data`` folder missing.
         FileExistsError: ``output`` exists and not ``overwrite``.
         Nothing is written on error (checkpoints of finished epochs stay in
         ``checkpoint_dir`` for ``resume``).
     """
     _io_type(io)
+    check_schedule(epochs, steps_per_epoch)
     _check_output(output, overwrite)
     teacher, _ = to_tf_keras(model, input_size=input_size)
     skipped = None
@@ -277,12 +280,14 @@ def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
 
     Raises:
         ValueError: unknown variant, weights for another variant, empty or
-            unreadable folder, bad options.
+            unreadable folder, bad options (``epochs`` / ``steps_per_epoch``
+            < 1: checked before the folder is listed).
         FileNotFoundError: missing folder or weights file.
         FileExistsError: ``output`` exists and not ``overwrite``.
     """
     import mobileone_tf as mo
     _io_type(kwargs.get("io", "float32"))
+    check_schedule(kwargs.get("epochs", 1), kwargs.get("steps_per_epoch"))
     _check_output(output, overwrite)
     dataset, skipped = qat_dataset(train_data, image_size=image_size, batch_size=batch_size,
                                    with_skipped=True, exclude=exclude, augment=augment,
