@@ -28,7 +28,8 @@ from mobileone_tf.hub.backbone import (STAGES, MobileOneBackbone, apply_finetuni
                                        batchnorm_layers, stage_of)
 from mobileone_tf.hub.deploy import DETECTIONS, raw_detections_model
 from mobileone_tf.hub.fusion import fuse_backbone, fuse_hub_model, handles
-from mobileone_tf.hub.presets import make_preset, make_presets
+from mobileone_tf.hub.preset_files import check_preset
+from mobileone_tf.hub.presets import load_preset, make_preset, make_presets
 from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
                                     MobileOneImageClassifierPreprocessor,
                                     MobileOneImageConverter, load_classifier_weights)
@@ -40,4 +41,5 @@ __all__ = ["ApplicationBackbone", "pyramid_layer_names", "MobileOneBackbone",
            "MobileOneImageClassifier", "MobileOneImageClassifierPreprocessor",
            "MobileOneImageConverter", "STAGES", "apply_finetuning", "batchnorm_layers",
            "stage_of", "fuse_backbone", "fuse_hub_model", "handles", "load_classifier_weights",
-           "make_preset", "make_presets", "DETECTIONS", "raw_detections_model"]
+           "check_preset", "load_preset", "make_preset", "make_presets", "DETECTIONS",
+           "raw_detections_model"]

@@ -51,7 +51,7 @@ class ApplicationBackbone(keras_hub.models.FeaturePyramidBackbone):
         weights: ``None`` or ``"imagenet"`` or a file, passed to the builder
             (``"imagenet"`` downloads into the Keras cache unless the file is
             already there); not part of the config (``.keras`` files hold the
-            weights).
+            weights; :meth:`from_config` ignores a ``"weights"`` entry).
         builder_kwargs: other keyword arguments of the builder (e.g.
             ``{"include_preprocessing": True}``: input RGB 0..255).
 
@@ -93,3 +93,10 @@ class ApplicationBackbone(keras_hub.models.FeaturePyramidBackbone):
         config.update({"application": self.application, "image_shape": self.image_shape,
                        "builder_kwargs": dict(self.builder_kwargs)})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """The backbone of ``config``; a ``"weights"`` entry (a file name or
+        ``"imagenet"`` in a tampered preset) is ignored: nothing is opened or
+        downloaded while building from a configuration."""
+        return super().from_config({k: v for k, v in config.items() if k != "weights"})

@@ -95,7 +95,10 @@ class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
         weights: optional weights file loaded after construction (a
             ``.weights.h5`` ported or saved by this package, or a PyTorch
             checkpoint of Apple/timm/mmpretrain layout, see
-            :func:`mobileone_tf.models.load_weights`); not part of the config.
+            :func:`mobileone_tf.models.load_weights`); not part of the config
+            (:meth:`from_config` ignores a ``"weights"`` entry: building
+            from a configuration never opens a file; a preset's or
+            ``.keras`` file's own weights are loaded afterwards).
         dtype: KerasHub dtype policy.
 
     Output: the stride-32 map ``(batch, ceil(H/32), ceil(W/32), C5)``;
@@ -136,3 +139,9 @@ class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
                        "image_shape": self.image_shape, "freeze_stages": self.freeze_stages,
                        "norm_eval": self.norm_eval})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """The backbone of ``config`` (``get_config``'s keys); a ``"weights"``
+        entry (a file name in a tampered preset) is ignored, never opened."""
+        return super().from_config({k: v for k, v in config.items() if k != "weights"})

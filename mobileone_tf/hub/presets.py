@@ -4,9 +4,11 @@ A preset directory holds ``config.json`` + ``model.weights.h5`` (the
 :class:`MobileOneBackbone`), and for a checkpoint with a classifier
 ``task.json`` + ``task.weights.h5`` (:class:`MobileOneImageClassifier`),
 ``preprocessor.json`` and ``image_converter.json``. Load it offline with
-``keras_hub.models.ImageClassifier.from_preset(DIR)`` or
-``keras_hub.models.Backbone.from_preset(DIR)`` (after ``import
-mobileone_tf.hub``, which registers the classes).
+:func:`load_preset` (the directory checked first by
+:func:`mobileone_tf.hub.preset_files.check_preset`, then handed to
+KerasHub's ``from_preset``): KerasHub's own
+``keras_hub.models.ImageClassifier.from_preset(DIR)`` loads a task whose
+``task.weights.h5`` is missing with a random head, silently.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from mobileone_tf import models as mo_models
 from mobileone_tf import variants
 from mobileone_tf.hub.backbone import MobileOneBackbone
+from mobileone_tf.hub.preset_files import CONFIG, TASK, check_preset
 from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
                                     MobileOneImageClassifierPreprocessor,
                                     MobileOneImageConverter, load_classifier_weights)
@@ -107,3 +110,47 @@ def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False)
                                               f"mobileone_{v}_imagenet"),
                            variant=v, fused=fused, overwrite=overwrite)
             for v, path in checkpoints.items()}
+
+
+def load_preset(preset, *, backbone_only=False, **kwargs):
+    """Loads a local KerasHub preset directory, checked first.
+
+    :func:`mobileone_tf.hub.preset_files.check_preset` validates the
+    directory (required files present, JSON parseable, weights files named
+    by plain names inside it) before anything is built; then KerasHub's
+    ``from_preset`` of the class ``task.json`` (or, for a backbone preset or
+    ``backbone_only``, ``config.json``) names loads it.
+
+    Args:
+        preset: preset directory (e.g. from :func:`make_preset`).
+        backbone_only: load only the backbone (``config.json`` +
+            ``model.weights.h5``) of a task preset, without its head.
+        **kwargs: passed to ``from_preset`` (e.g. ``dtype``).
+
+    Returns:
+        The task (e.g. a :class:`MobileOneImageClassifier`: logits of images
+        ``(B, H, W, 3)`` float32 RGB 0..255) when the preset has ``task.json``
+        and not ``backbone_only``; otherwise the backbone (e.g. a
+        :class:`MobileOneBackbone`).
+
+    Raises:
+        FileNotFoundError: not a directory, or a required file missing
+            (``config.json``, ``model.weights.h5``, ``task.weights.h5`` of a
+            task preset: named).
+        ValueError: a damaged or tampered file (named, with the key), or a
+            class that is not registered with Keras or not a KerasHub
+            ``Task`` / ``Backbone``.
+    """
+    import keras
+    import keras_hub
+    preset = os.fspath(preset)
+    found = check_preset(preset, backbone_only=backbone_only)
+    config, base = (found["config"], keras_hub.models.Backbone) if found["task"] is None \
+        else (found["task"], keras_hub.models.Task)
+    name = TASK if found["task"] is not None else CONFIG
+    cls = keras.saving.get_registered_object(config["registered_name"])
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{os.path.join(preset, name)}: registered_name "
+                         f"{config['registered_name'][:80]!r} is not a registered KerasHub "
+                         f"{base.__name__} (import the package that defines it)")
+    return cls.from_preset(preset, **kwargs)
