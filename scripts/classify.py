@@ -21,7 +21,10 @@ from mobileone_tf import cli
 FLAGS = flags.FLAGS
 cli.define_model_flags(variant="s0", weights="imagenet", fused=True)
 flags.DEFINE_integer("top", 5, "How many classes to print per image.")
-flags.DEFINE_integer("image_size", 224, "Centre-crop size (pixels).")
+flags.DEFINE_integer("image_size", 224, "Centre-crop size (pixels, 32..4096).")
+flags.register_validator("image_size", lambda v: v is not None and 32 <= v <= 4096,
+                         "must be 32..4096 pixels (MobileOne's five stride-2 stages need 32; "
+                         "above 4096 one image's activations take gigabytes)")
 # the repository's sample photos (CC0 / public domain, see samples/README.md)
 SAMPLES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
                                         "samples"))

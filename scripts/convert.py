@@ -5,9 +5,9 @@ against the fused Keras model (thin shell over
   python scripts/convert.py --variant s0 --weights imagenet --format tflite \
       --output mobileone_s0.tflite
 
-Exit code 0 on success; 1 with one ``error:`` line (and nothing written) for
-bad input -- an existing output, a missing or undecodable calibration image,
-unreadable weights -- or a failed float32 verification.
+Exit code 0 on success; 1 with one ``error:`` line and nothing written for bad
+input (checked before any conversion: ``mobileone_tf.export.check_options``) or a
+failed float32 verification.
 """
 
 import sys
@@ -32,7 +32,7 @@ flags.DEFINE_list("float_layers", [], "tflite int8: layers kept float32 (quant_s
 flags.DEFINE_bool("bias_correction", False, "int8: bias correction (quantization.correct_bias).")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8", "uint8"],
                   "Input/output type of an int8 TFLite model.")
-flags.DEFINE_integer("input_size", 224, "Fixed input height and width.")
+flags.DEFINE_integer("input_size", 224, "Fixed input height and width (32..4096).")
 flags.DEFINE_integer("batch_size", 1, "Fixed batch size.")
 flags.DEFINE_bool("fuse", True, "Re-parameterize before export (--nofuse only to measure).")
 flags.DEFINE_bool("verify", True, "Verify the exported file against Keras (--noverify skips).")
@@ -48,7 +48,8 @@ flags.DEFINE_enum("outputs", "probabilities", ["probabilities", "logits"],
                   "Classifier output: softmax probabilities or logits (no SOFTMAX op).")
 flags.DEFINE_bool("fold", True, "Fold the input normalization into the stem conv (--nofold "
                   "only to measure).")
-flags.DEFINE_string("labels", None, "tflite: class names file, one per line (default: ImageNet).")
+flags.DEFINE_string("labels", None, "tflite/coreml/onnx: class names file, UTF-8, one per line "
+                    "(default: ImageNet).")
 flags.DEFINE_bool("metadata", True, "tflite: pack TFLite metadata for MediaPipe / Android Studio "
                   "(--nometadata skips it; works offline).")
 flags.mark_flags_as_required(["format", "output"])
@@ -57,24 +58,22 @@ flags.mark_flags_as_required(["format", "output"])
 def main(argv):
     del argv
     from mobileone_tf import export
-    kwargs = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size, fuse=FLAGS.fuse,
-                  overwrite=FLAGS.overwrite, verify=FLAGS.verify, verify_data=FLAGS.verify_data,
-                  report_path=FLAGS.report, quantize=FLAGS.quantize, fold=FLAGS.fold,
-                  outputs=FLAGS.outputs if FLAGS.include_top else None)
-    if FLAGS.format == "tflite":
-        kwargs.update(calibration_data=FLAGS.calibration_data, equalize=FLAGS.equalize,
-                      calibration_steps=FLAGS.calibration_steps,
-                      calibration_exclude=FLAGS.calibration_exclude,
-                      bias_correction=FLAGS.bias_correction, float_layers=FLAGS.float_layers,
-                      int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io,
-                      labels=FLAGS.labels, metadata=FLAGS.metadata)
-    elif FLAGS.format == "onnx":
-        kwargs["opset"] = FLAGS.opset
+    options = dict(batch_size=FLAGS.batch_size, input_size=FLAGS.input_size, fuse=FLAGS.fuse,
+                   overwrite=FLAGS.overwrite, verify=FLAGS.verify, verify_data=FLAGS.verify_data,
+                   report_path=FLAGS.report, quantize=FLAGS.quantize, fold=FLAGS.fold,
+                   outputs=FLAGS.outputs if FLAGS.include_top else None, labels=FLAGS.labels,
+                   calibration_data=FLAGS.calibration_data, equalize=FLAGS.equalize,
+                   calibration_steps=FLAGS.calibration_steps,
+                   calibration_exclude=FLAGS.calibration_exclude,
+                   bias_correction=FLAGS.bias_correction, float_layers=FLAGS.float_layers,
+                   int8_io=False if FLAGS.int8_io == "float" else FLAGS.int8_io,
+                   metadata=FLAGS.metadata, opset=FLAGS.opset)
     try:
         _, report = export.export_variant(
             FLAGS.variant, FLAGS.output, FLAGS.format, weights=cli.weights_arg(FLAGS.weights),
             include_top=FLAGS.include_top, classes=FLAGS.classes,
-            include_preprocessing=FLAGS.include_preprocessing, **kwargs)
+            include_preprocessing=FLAGS.include_preprocessing,
+            **export.format_options(FLAGS.format, options))
     except export.ExportVerificationError as e:  # a failed check, not a bug: one line
         print(f"error: {cli.error_message(e)}", file=sys.stderr)
         return 1

@@ -21,18 +21,44 @@ def _exporter(format):
     return EXPORTERS[format]
 
 
-def check_options(format, output, **kwargs):
+def check_options(format, output, include_top=None, **kwargs):
     """The argument checks ``to_{format}`` makes before touching the model
-    (mode, output path, format options; a calibration folder must exist;
-    ``outputs``); returns the output path.
+    (mode, output path, format options and their dependencies, a
+    calibration folder must exist, a labels file must be readable text,
+    ``outputs``, ``batch_size`` / ``input_size`` bounds); returns the output
+    path. ``to_{format}`` then checks what needs the model (the labels
+    file's line count, an existing ``labels.txt``: :func:`.job.check_classes`)
+    before any conversion work.
+
+    Args:
+        include_top: ``False`` (the model will have no classifier) also
+            refuses a ``labels`` file; ``None``: not known yet.
 
     Raises:
-        ExportError: unknown format or a bad argument.
+        ExportError: unknown format or a bad argument (named).
+        OSError: an unreadable labels file (named).
     """
     _exporter(format)
     if kwargs.get("outputs") not in (None,) + OUTPUTS:
         raise ExportError(f"outputs must be one of {OUTPUTS}; got {kwargs['outputs']!r}")
+    if kwargs.get("labels") is not None and include_top is False:
+        raise ExportError(f"labels file {kwargs['labels']} (--labels): the model has no "
+                          "classifier (include_top=False, --noinclude_top)")
     return _CHECKS[format](output, **kwargs)
+
+
+def format_options(format, options):
+    """The entries of ``options`` that ``to_{format}`` takes (a script passes
+    every flag; e.g. ``opset`` goes to ONNX only). Every format takes
+    ``labels``: one without class names (SavedModel) refuses a file rather
+    than ignore it.
+
+    Raises:
+        ExportError: unknown format.
+    """
+    import inspect
+    params = inspect.signature(_exporter(format)).parameters
+    return {k: v for k, v in options.items() if k in params}
 
 
 def export(model, output, format, **kwargs):
@@ -63,7 +89,7 @@ def export_variant(variant, output, format, *, weights="imagenet", include_top=T
     Returns:
         ``(path, report)``.
     """
-    check_options(format, output, **kwargs)
+    check_options(format, output, include_top=include_top, **kwargs)
     from mobileone_tf import models
     model = models.MobileOne(variant, weights=weights, input_shape=(None, None, 3),
                              include_top=include_top, classes=classes,

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import signal
+import threading
 import uuid
 
 import numpy as np
@@ -30,6 +33,9 @@ QUANTIZE_MODES = {
 }
 SUFFIXES = {"tflite": (".tflite",), "coreml": (".mlpackage",), "onnx": (".onnx",),
             "saved_model": None}
+FILE_FORMATS = ("tflite", "onnx")
+"""Formats whose output is one file (the others write a folder)."""
+LABELS_FILE = "labels.txt"
 INPUT_NAME = "image"
 COREML_LABEL = "classLabel"
 COREML_PROBS = "classLabelProbs"
@@ -63,45 +69,186 @@ def check_mode(fmt, quantize):
                           f"{QUANTIZE_MODES[fmt]}")
 
 
-def check_output(output, overwrite, suffixes):
+def check_output(output, overwrite, suffixes, is_file=False):
     """The output path without a trailing slash.
+
+    Args:
+        is_file: the output is one file (TFLite, ONNX): an existing folder at
+            that path is refused even with ``overwrite``.
 
     Raises:
         ExportError: wrong suffix, an existing output without ``overwrite``,
-            or a missing parent folder.
+            a folder where a file goes, a missing or unwritable parent
+            folder (each names the path).
     """
     output = os.fspath(output)
     if suffixes and not output.rstrip("/").endswith(suffixes):
         raise ExportError(f"Output {output!r} should end with {' or '.join(suffixes)}")
+    if is_file and os.path.isdir(output):
+        raise ExportError(f"Output {output!r} (--output) is an existing folder; a "
+                          f"{os.path.splitext(output.rstrip('/'))[1]} file cannot replace it "
+                          "(remove the folder or choose another path)")
     if os.path.lexists(output) and not overwrite:
         raise ExportError(f"Output {output!r} exists; pass overwrite=True (--overwrite) "
                           "to replace it")
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise ExportError(f"Output folder {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"Output folder {parent!r} is not writable")
     return output.rstrip("/")
 
 
-def check_arguments(fmt, output, quantize, overwrite):
-    """:func:`check_mode` then :func:`check_output`; returns the output path."""
+MIN_INPUT_SIZE = 32
+"""Smallest input side: five stride-2 stages."""
+MAX_INPUT_SIZE = 4096
+"""Largest input side (and ``MAX_INPUT_SIZE ** 2`` the most pixels of one
+batch): the export holds full-size activations in memory several times
+(conversion, verification); MobileOne's stem output alone is 0.8 GB (S0) to
+1.1 GB (S4) at 4096 x 4096, and 10000 x 10000 ran past 9 GB."""
+
+
+def check_geometry(batch_size, input_size):
+    """``(batch_size, H, W)`` as ints.
+
+    Raises:
+        ExportError: batch size not a positive integer, a side below
+            :data:`MIN_INPUT_SIZE` (five stride-2 stages) or above
+            :data:`MAX_INPUT_SIZE`, or a batch of more than
+            ``MAX_INPUT_SIZE ** 2`` pixels (memory). ``(H, W)`` may be
+            non-square (e.g. a segmenter's 360x480). Messages name the flag.
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ExportError(f"batch_size (--batch_size) must be a positive integer; "
+                          f"got {batch_size!r}")
+    h, w = (input_size, input_size) if np.isscalar(input_size) else tuple(input_size)
+    if any(isinstance(d, bool) or int(d) != d for d in (h, w)):
+        raise ExportError(f"input_size (--input_size) must be whole pixels; got {input_size!r}")
+    if min(h, w) < MIN_INPUT_SIZE:
+        raise ExportError(f"input_size (--input_size) must be at least {MIN_INPUT_SIZE} "
+                          f"(5 stride-2 stages); got {input_size!r}")
+    if max(h, w) > MAX_INPUT_SIZE:
+        raise ExportError(
+            f"input_size (--input_size) must be at most {MAX_INPUT_SIZE} pixels per side: the "
+            "export holds full-size activations in memory several times (the stem output "
+            f"alone is about 0.8 GB at {MAX_INPUT_SIZE}x{MAX_INPUT_SIZE}); got {input_size!r}")
+    if batch_size * h * w > MAX_INPUT_SIZE ** 2:
+        raise ExportError(
+            f"batch_size x input_size = {int(batch_size)} x {int(h)}x{int(w)} is "
+            f"{int(batch_size) * int(h) * int(w):,} pixels per batch; at most "
+            f"{MAX_INPUT_SIZE}x{MAX_INPUT_SIZE} = {MAX_INPUT_SIZE ** 2:,} (memory: see "
+            "--input_size); lower --batch_size or --input_size")
+    return int(batch_size), int(h), int(w)
+
+
+def check_arguments(fmt, output, quantize, overwrite, batch_size=1, input_size=224):
+    """:func:`check_mode`, :func:`check_geometry`, then :func:`check_output`;
+    returns the output path."""
     check_mode(fmt, quantize)
-    return check_output(output, overwrite, SUFFIXES[fmt])
+    check_geometry(batch_size, input_size)
+    return check_output(output, overwrite, SUFFIXES[fmt], is_file=fmt in FILE_FORMATS)
+
+
+def labels_path(output):
+    """Where ``labels.txt`` goes: beside ``output``."""
+    return os.path.join(os.path.dirname(os.path.abspath(output)), LABELS_FILE)
+
+
+def _same_text(path, text):
+    try:
+        if os.path.getsize(path) != len(text.encode("utf-8")):
+            return False
+        with open(path, encoding="utf-8") as f:
+            return f.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_labels_output(output, overwrite, names=None):
+    """Refuses to replace an existing ``labels.txt`` beside ``output``
+    unless ``overwrite`` or it already holds exactly ``names`` (one per
+    line: several exports of one model side by side share it); returns its
+    path.
+
+    Raises:
+        ExportError: it exists with other content (without ``overwrite``)
+            or is a folder (both name it).
+    """
+    path = labels_path(output)
+    if os.path.isdir(path):
+        raise ExportError(f"{path} is a folder; the class names of {output} are written "
+                          f"there as a file (remove it or choose another output folder)")
+    if os.path.lexists(path) and not overwrite and not (
+            names is not None and _same_text(path, "\n".join(names) + "\n")):
+        raise ExportError(f"{path} exists with other class names than {output}'s; pass "
+                          "overwrite=True (--overwrite) to replace it, or choose another "
+                          "output folder")
+    return path
 
 
 # ---------------------------------------------------------------------------
 # staging and atomic install
 # ---------------------------------------------------------------------------
+_STAGING = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(output):
+    """Removes the staging folders of ``output`` left by a process that no
+    longer runs (killed by SIGKILL or the OOM killer, which no ``finally``
+    survives); returns their paths. A folder of a live process is kept."""
+    parent = os.path.dirname(os.path.abspath(output))
+    prefix = f".{os.path.basename(output)}.tmp-"
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = _STAGING.search(name)
+        if name.startswith(prefix) and m and int(m.group(1)) != os.getpid() \
+                and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def staging(output):
-    """A temporary folder beside ``output`` (same filesystem, so os.replace is
-    atomic), removed afterwards whatever happens."""
+    """A temporary folder ``.<name>.tmp-<pid>-<hex>`` beside ``output``
+    (same filesystem, so os.replace is atomic), removed afterwards whatever
+    happens: any exception, Ctrl-C, and SIGTERM (turned into ``SystemExit(143)``
+    while the folder exists, in the main thread). Folders left by a killed
+    process (SIGKILL) are removed by the next export to the same output
+    (:func:`remove_stale_staging`)."""
+    remove_stale_staging(output)
     parent = os.path.dirname(os.path.abspath(output))
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{os.getpid()}-"
+                               f"{uuid.uuid4().hex[:8]}")
+    previous = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        os.makedirs(tmp)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def install(staged, output):

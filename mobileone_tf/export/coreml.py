@@ -21,13 +21,44 @@ from mobileone_tf.export.common import (AUTHOR, COREML_LABEL, COREML_PROBS, DEFA
                                         INPUT_NAME, ExportError, ExportVerificationError,
                                         check_arguments, quiet, staging)
 from mobileone_tf.export.images import verification_images
-from mobileone_tf.export.job import start
+from mobileone_tf.export.job import check_classes, start
+from mobileone_tf.export.metadata import read_labels
 from mobileone_tf.export.verify import compare
 
+PALETTIZE_EXTRA = "coreml-palettize"
+"""The extra that installs what ``quantize="palettize4"`` needs (scikit-learn:
+coremltools' k-means palettization imports ``sklearn.cluster.KMeans``)."""
 
-def check_options(output, *, quantize="none", overwrite=False, **_):
-    """The cheap argument checks of :func:`to_coreml`; returns the output path."""
-    return check_arguments("coreml", output, quantize, overwrite)
+
+def check_palettize_dependencies():
+    """Raises :class:`ExportError` (naming the extra to install) when
+    scikit-learn, which coremltools' k-means palettization imports only
+    after the whole conversion, is not importable."""
+    try:
+        from sklearn.cluster import KMeans  # noqa: F401
+    except ImportError as e:
+        raise ExportError(
+            "quantize='palettize4' (--quantize palettize4) needs scikit-learn for "
+            f"coremltools' k-means palettization ({e}); install it with "
+            f"pip install 'mobileone_tf[{PALETTIZE_EXTRA}]' (or pip install scikit-learn)"
+        ) from None
+
+
+def check_options(output, *, quantize="none", overwrite=False, labels=None, batch_size=1,
+                  input_size=224, **_):
+    """The cheap argument checks of :func:`to_coreml` (mode, size, output,
+    palettization dependencies, a labels file's text); returns the output path.
+
+    Raises:
+        ExportError: see :func:`to_coreml`.
+        OSError: an unreadable labels file (named).
+    """
+    output = check_arguments("coreml", output, quantize, overwrite, batch_size, input_size)
+    if quantize == "palettize4":
+        check_palettize_dependencies()
+    if labels is not None:
+        read_labels(labels)
+    return output
 
 
 def _convert(ct, fixed, labels, quantize, target):
@@ -123,7 +154,7 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
               overwrite=False, verify=True, verify_data=None, report_path=None,
               class_names=None, minimum_deployment_target="iOS16", author=AUTHOR,
               license=DEFAULT_LICENSE, version=None, description=None, outputs=None,
-              fold=True):
+              fold=True, labels=None):
     """Exports a Core ML ML program (``.mlpackage``).
 
     Args:
@@ -135,6 +166,9 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
             ``"iOS18"``, ``"macOS13"``...
         class_names: classifier labels (default: ImageNet names for 1000
             classes, else indices).
+        labels: a text file of class names, one per line (replaces
+            ``class_names``; its line count must equal the classes): the
+            ``classLabel`` values of the ``ClassifierConfig``.
         author, license, version, description: metadata.
         outputs, fold: see :func:`.prepare.prepare_model` (the ImageType
             keeps scale 1 / bias 0: the input offset is the model's first op).
@@ -146,11 +180,17 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
         ``(path, report)``.
 
     Raises:
-        ExportError; ExportVerificationError if a spec check fails.
+        ExportError: bad arguments (before any conversion work), e.g.
+            ``palettize4`` without scikit-learn (the extra
+            :data:`PALETTIZE_EXTRA` to install), a labels file that does not
+            fit; ExportVerificationError if a spec check fails.
     """
     from mobileone_tf import runtime
     del verify_data  # accepted for a uniform signature; Core ML cannot run here
-    output = check_options(output, quantize=quantize, overwrite=overwrite)
+    output = check_options(output, quantize=quantize, overwrite=overwrite, labels=labels,
+                           batch_size=batch_size, input_size=input_size)
+    class_names = check_classes(model, output, overwrite, labels, class_names,
+                                labels_file=False)
     ct = runtime.import_coremltools()
     target = getattr(ct.target, minimum_deployment_target, None)
     if target is None:

@@ -7,7 +7,9 @@ import os
 import time
 
 from mobileone_tf.export import prepare
-from mobileone_tf.export.common import install, size_bytes, write_report
+from mobileone_tf.export.common import (ExportError, check_labels_output, install, labels_path,
+                                        size_bytes, write_report)
+from mobileone_tf.export.metadata import read_labels
 from mobileone_tf.export.verify import verify_file
 
 
@@ -60,14 +62,13 @@ class ExportJob:
         there are labels), writes the report JSON; returns ``(path, report)``."""
         report = self.report
         if self.labels is not None and write_labels:
-            labels_path = os.path.join(os.path.dirname(os.path.abspath(self.output)),
-                                       "labels.txt")
+            path = labels_path(self.output)
             staged_labels = staged + ".labels.txt"
-            with open(staged_labels, "w") as f:
+            with open(staged_labels, "w", encoding="utf-8") as f:
                 f.write("\n".join(self.labels) + "\n")
             install(staged, self.output)
-            os.replace(staged_labels, labels_path)
-            report["labels"] = labels_path
+            os.replace(staged_labels, path)
+            report["labels"] = path
         else:
             install(staged, self.output)
         report["path"] = self.output
@@ -75,6 +76,33 @@ class ExportJob:
         if report_path:
             write_report(report, report_path)
         return self.output, report
+
+
+def check_classes(model, output, overwrite, labels=None, class_names=None,
+                  labels_file=True):
+    """The class names an export of ``model`` takes, checked before any
+    conversion work: those of the ``labels`` file (one per line, as many as
+    the model's classes; :func:`.metadata.read_labels`), else
+    ``class_names``. With ``labels_file`` (formats that write ``labels.txt``
+    beside the output) and a classifier, an existing ``labels.txt`` with
+    other names is refused unless ``overwrite``
+    (:func:`.common.check_labels_output`).
+
+    Raises:
+        ExportError: a labels file for a model without a classifier, one
+            that does not fit (count, empty line, not UTF-8), or an
+            existing ``labels.txt`` (each names the file).
+        OSError: an unreadable labels file (named, with ``--labels``).
+    """
+    n = prepare.num_classes(model)
+    if labels is not None:
+        if n is None:
+            raise ExportError(f"labels file {labels} (--labels): the model has no classifier "
+                              "(include_top)")
+        class_names = read_labels(labels, n)
+    if labels_file and n is not None:
+        check_labels_output(output, overwrite, prepare.class_names(model, class_names)[0])
+    return class_names
 
 
 def start(fmt, model, output, *, quantize, fuse, batch_size, input_size, names=None,

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import uuid
 
-from mobileone_tf.export.common import AUTHOR, DEFAULT_LICENSE, ExportError
+from mobileone_tf.export.common import AUTHOR, DEFAULT_LICENSE, LABELS_FILE, ExportError
 
 ENV_DIR = "MOBILEONE_TF_MEDIAPIPE_DIR"
 MEDIAPIPE_VERSION = "1.2.2"
@@ -46,7 +46,6 @@ embedder need nothing else that the main environment lacks (numpy,
 matplotlib and certifi come with this package's own requirements; OpenCV,
 used only by MediaPipe's drawing utilities, is stubbed by the worker)."""
 WORKER = "mobileone_tf.export.metadata_worker"
-LABELS_FILE = "labels.txt"
 INSTALL_TIMEOUT_S = 600
 
 
@@ -142,11 +141,19 @@ def read_labels(path, classes=None) -> list:
     """Class names from a text file, one per line (blank lines at the end ignored).
 
     Raises:
-        OSError: unreadable file.
-        ExportError: an empty name, or not ``classes`` names (both name the file).
+        OSError: unreadable file (of the same type, naming the file and ``--labels``).
+        ExportError: not UTF-8 text, an empty name, or not ``classes`` names
+            (each names the file).
     """
-    with open(path, encoding="utf-8") as f:
-        names = [line.rstrip("\r\n") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise ExportError(f"labels file {path} (--labels) is not UTF-8 text (byte "
+                          f"0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8, "
+                          "one class name per line") from None
+    except OSError as e:
+        raise type(e)(f"labels file {path} (--labels): {e.strerror or e}") from None
     while names and not names[-1].strip():
         names.pop()
     empty = [i + 1 for i, n in enumerate(names) if not n.strip()]

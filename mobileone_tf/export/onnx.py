@@ -10,12 +10,16 @@ import numpy as np
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import (INPUT_NAME, ExportError, check_arguments, quiet,
                                         staging)
-from mobileone_tf.export.job import start
+from mobileone_tf.export.job import check_classes, start
+from mobileone_tf.export.metadata import read_labels
 
 
-def check_options(output, *, quantize="none", overwrite=False, opset=17, **_):
+def check_options(output, *, quantize="none", overwrite=False, opset=17, labels=None,
+                  batch_size=1, input_size=224, **_):
     """The cheap argument checks of :func:`to_onnx`; returns the output path."""
-    output = check_arguments("onnx", output, quantize, overwrite)
+    output = check_arguments("onnx", output, quantize, overwrite, batch_size, input_size)
+    if labels is not None:
+        read_labels(labels)
     if int(opset) != opset or not 9 <= opset <= 18:
         raise ExportError(f"opset must be an integer in 9..18 (tf2onnx 1.17); got {opset!r}")
     return output
@@ -38,7 +42,7 @@ def onnx_proto(fixed, opset=17):
 
 def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
             overwrite=False, verify=True, verify_data=None, report_path=None,
-            class_names=None, quantize="none", outputs=None, fold=True):
+            class_names=None, quantize="none", outputs=None, fold=True, labels=None):
     """Exports ONNX with ``tf2onnx`` (static batch; ``labels.txt`` beside it).
 
     Input ``"image"`` float32 NHWC ``(B, H, W, 3)`` RGB 0..255; output
@@ -52,7 +56,10 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
         verify: compare with the fused Keras model in onnxruntime (CPU),
             strict (``verify=False`` skips, e.g. for benchmark files).
         outputs, fold: see :func:`.prepare.prepare_model`.
-        others: see :func:`.tflite.to_tflite`.
+        labels: a text file of class names, one per line, for
+            ``labels.txt`` (replaces ``class_names``).
+        others: see :func:`.tflite.to_tflite` (an existing ``labels.txt``
+            beside the output needs ``overwrite``).
 
     Returns:
         ``(path, report)`` with ``opset``, ``ops`` (node op type counts),
@@ -62,7 +69,9 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
         ExportError, ExportVerificationError.
     """
     import onnx
-    output = check_options(output, quantize=quantize, overwrite=overwrite, opset=opset)
+    output = check_options(output, quantize=quantize, overwrite=overwrite, opset=opset,
+                           labels=labels, batch_size=batch_size, input_size=input_size)
+    class_names = check_classes(model, output, overwrite, labels, class_names)
     job = start("onnx", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
                 input_size=input_size, names=class_names, outputs=outputs, fold=fold)
     job.report["opset"] = int(opset)

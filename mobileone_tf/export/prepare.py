@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobileone_tf.export.common import INPUT_NAME, ExportError
+from mobileone_tf.export.common import INPUT_NAME, ExportError, check_geometry
 
 NORMALIZATION = "preprocessing"
 """Name of the builders' input normalization layer (a ``Rescaling``,
@@ -18,22 +18,6 @@ HEAD = "predictions"
 """Name of the builders' classifier layer (a ``Dense``)."""
 OUTPUTS = ("probabilities", "logits")
 """What a classifier export outputs (:func:`set_outputs`)."""
-
-
-def check_geometry(batch_size, input_size):
-    """``(batch_size, H, W)`` as ints.
-
-    Raises:
-        ExportError: batch size not a positive integer, or a side below 32
-            (five stride-2 stages). ``(H, W)`` may be non-square (e.g. a
-            segmenter's 360x480).
-    """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ExportError(f"batch_size must be a positive integer; got {batch_size!r}")
-    h, w = (input_size, input_size) if np.isscalar(input_size) else tuple(input_size)
-    if min(h, w) < 32:
-        raise ExportError(f"input_size must be at least 32 (5 stride-2 stages); got {input_size!r}")
-    return int(batch_size), int(h), int(w)
 
 
 def prepare_model(model, fuse=True, batch_size=1, input_size=224, outputs=None, fold=True):
@@ -45,7 +29,8 @@ def prepare_model(model, fuse=True, batch_size=1, input_size=224, outputs=None, 
             input (e.g. a ``keras.applications`` baseline).
         fuse: re-parameterize a branched model (:func:`mobileone_tf.fuse`).
         batch_size: fixed batch size (>= 1).
-        input_size: ``int`` (square) or ``(H, W)``; each at least 32.
+        input_size: ``int`` (square) or ``(H, W)``; each 32..4096
+            (:func:`.common.check_geometry`).
         outputs: ``None`` (the model's own top), ``"probabilities"`` or
             ``"logits"`` (:func:`set_outputs`).
         fold: fold the input normalization into the stem convolution

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from mobileone_tf.export import prepare
-from mobileone_tf.export.common import INPUT_NAME, check_arguments, quiet, staging
+from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, quiet, staging
 from mobileone_tf.export.job import start
 
 
@@ -33,14 +33,23 @@ def write_saved_model(fixed, path):
         archive.write_out(path)
 
 
-def check_options(output, *, quantize="none", overwrite=False, **_):
-    """The cheap argument checks of :func:`to_saved_model`; returns the output."""
-    return check_arguments("saved_model", output, quantize, overwrite)
+def check_options(output, *, quantize="none", overwrite=False, labels=None, batch_size=1,
+                  input_size=224, **_):
+    """The cheap argument checks of :func:`to_saved_model`; returns the output.
+
+    Raises:
+        ExportError: see :func:`to_saved_model`; a ``labels`` file (a
+            SavedModel carries no class names: not silently ignored).
+    """
+    if labels is not None:
+        raise ExportError(f"labels file {labels} (--labels): a SavedModel carries no class "
+                          "names (--labels is for tflite, coreml and onnx)")
+    return check_arguments("saved_model", output, quantize, overwrite, batch_size, input_size)
 
 
 def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
                    overwrite=False, verify=True, verify_data=None, report_path=None,
-                   quantize="none", outputs=None, fold=True):
+                   quantize="none", outputs=None, fold=True, labels=None):
     """Exports a TensorFlow SavedModel (``serving_default`` signature).
 
     Args:
@@ -54,6 +63,8 @@ def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
         report_path: also write the report as JSON there.
         quantize: ``"none"`` only.
         outputs, fold: see :func:`.prepare.prepare_model`.
+        labels: must be ``None`` (a SavedModel carries no class names; a
+            file is refused, not ignored).
 
     Returns:
         ``(path, report)``.
@@ -61,7 +72,8 @@ def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
     Raises:
         ExportError, ExportVerificationError.
     """
-    output = check_options(output, quantize=quantize, overwrite=overwrite)
+    output = check_options(output, quantize=quantize, overwrite=overwrite, labels=labels,
+                           batch_size=batch_size, input_size=input_size)
     job = start("saved_model", model, output, quantize=quantize, fuse=fuse,
                 batch_size=batch_size, input_size=input_size, labels=False, outputs=outputs,
                 fold=fold)

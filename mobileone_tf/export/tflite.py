@@ -17,9 +17,8 @@ import os
 from mobileone_tf.export import selective
 from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
-from mobileone_tf.export.job import start
+from mobileone_tf.export.job import check_classes, start
 from mobileone_tf.export.metadata import add_tflite_metadata, mediapipe_dir, read_labels
-from mobileone_tf.export.prepare import num_classes
 from mobileone_tf.export.saved_model import write_saved_model
 
 INT8_IO = (False, True, "int8", "uint8")
@@ -29,14 +28,15 @@ BIAS_CORRECTION_IMAGES = 128
 
 def check_options(output, *, quantize="none", overwrite=False, calibration_data=None,
                   calibration_steps=100, int8_io=False, labels=None, bias_correction=False,
-                  float_layers=None, **_):
+                  float_layers=None, batch_size=1, input_size=224, **_):
     """The cheap argument checks of :func:`to_tflite` (no image is read);
     returns the output path.
 
     Raises:
         ExportError: see :func:`to_tflite`.
+        OSError: an unreadable labels file (named).
     """
-    output = check_arguments("tflite", output, quantize, overwrite)
+    output = check_arguments("tflite", output, quantize, overwrite, batch_size, input_size)
     if int8_io not in INT8_IO:
         raise ExportError(f"int8_io must be False, True, 'int8' or 'uint8'; got {int8_io!r}")
     if int8_io and quantize != "int8":
@@ -252,8 +252,11 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         ``verification``.
 
     Raises:
-        ExportError: invalid mode, missing calibration data, existing output,
-            a labels file that does not fit the model, MediaPipe unavailable.
+        ExportError: invalid mode, missing calibration data, existing output
+            (or ``labels.txt`` beside it, without ``overwrite``), an output
+            path that is a folder, input size out of 32..4096, a labels file
+            that does not fit the model (or is not UTF-8), MediaPipe
+            unavailable.
         ValueError: an undecodable calibration/verification image (named).
         ExportVerificationError: float32 file does not match Keras.
     """
@@ -267,11 +270,9 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
                            calibration_data=calibration_data,
                            calibration_steps=calibration_steps, int8_io=int8_io,
                            labels=labels, bias_correction=bias_correction,
-                           float_layers=float_layers)
-    if labels is not None:
-        if num_classes(model) is None:
-            raise ExportError(f"labels file {labels}: the model has no classifier (include_top)")
-        class_names = read_labels(labels, num_classes(model))
+                           float_layers=float_layers, batch_size=batch_size,
+                           input_size=input_size)
+    class_names = check_classes(model, output, overwrite, labels, class_names)
     several = isinstance(model.output, dict)  # pyramid levels: MediaPipe's writers take one
     if metadata and not several:
         mediapipe_dir()  # installed (or a clear error) before any conversion work

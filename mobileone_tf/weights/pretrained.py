@@ -18,7 +18,12 @@ the fused one; either can serve the other form):
 3. a download with ``keras.utils.get_file``.
 
 The checkpoint is ported once (:func:`mobileone_tf.weights.port_checkpoint`)
-and the ``.weights.h5`` cached atomically with umask permissions. A fused
+and the ``.weights.h5`` cached atomically with umask permissions. A cached
+port is read in full and checked (variant, form, every tensor's shape)
+before it is used; an unusable one (truncated, damaged, another model) is a
+cache, so it is deleted, with a line on stderr naming it, and ported again
+from the mirror or a download (the error, when neither is available, says
+so). A downloaded checkpoint in the cache that does not port is deleted too. A fused
 checkpoint loaded into a branched model is an exact-output *initialisation*
 (fused kernel in the first branch, see
 :func:`mobileone_tf.layers.branched_state_from_fused`), not Apple's
@@ -28,11 +33,12 @@ training-time weights. No TensorFlow import (Keras only for a download).
 from __future__ import annotations
 
 import os
+import sys
 
 from mobileone_tf import variants
 from mobileone_tf.weights import download
-from mobileone_tf.weights.h5 import write_weights_h5
-from mobileone_tf.weights.layouts import port_checkpoint
+from mobileone_tf.weights.h5 import read_weights_h5, write_weights_h5
+from mobileone_tf.weights.layouts import check_state, port_checkpoint
 
 BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
 
@@ -74,6 +80,46 @@ def _port_to_cache(entry, checkpoint) -> str:
                             source=entry["url"], overwrite=True)
 
 
+def cache_problem(path, entry) -> str | None:
+    """Why the cached port ``path`` of checkpoint ``entry`` (a
+    :data:`CHECKPOINTS` dict) cannot be used, or ``None`` when it is a
+    complete ImageNet state of that variant and form (read in full)."""
+    try:
+        state, attrs = read_weights_h5(path, with_attrs=True)
+        if state is None:
+            return "not a mobileone_tf .weights.h5"
+        if (attrs.get("variant"), attrs.get("form")) != (entry["variant"], entry["form"]):
+            return (f"holds {attrs.get('variant')} {attrs.get('form')}, not "
+                    f"{entry['variant']} {entry['form']}")
+        classes = check_state(state, entry["variant"], entry["form"])
+        if classes != 1000:
+            return f"has {classes} classes, not ImageNet's 1000"
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        return " ".join(str(e).split())[:300] or type(e).__name__
+    return None
+
+
+def _discard(path, problem, what="cached port") -> str:
+    """Deletes the unusable cache file ``path`` (a line on stderr); returns
+    the note for a later error.
+
+    Raises:
+        ValueError: it cannot be deleted (the message says to delete it).
+    """
+    try:
+        os.remove(path)
+    except FileNotFoundError:  # another process deleted it first
+        pass
+    except OSError as e:
+        raise ValueError(f"the {what} {path} is unusable ({problem}) and could not be deleted "
+                         f"({e.strerror or e}): delete it; it is a cache, made again from "
+                         "Apple's checkpoint on the next use") from e
+    print(f"warning: the {what} {path} was unusable ({problem}); deleted it (a cache)"
+          + (", porting Apple's checkpoint again" if what == "cached port" else ""),
+          file=sys.stderr, flush=True)
+    return f"the {what} {path} was unusable ({problem}) and has been deleted"
+
+
 def imagenet_weights_path(variant, fused: bool = False) -> str:
     """Path of the ported ImageNet ``.weights.h5`` for a variant (see module doc).
 
@@ -87,19 +133,25 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
         :func:`mobileone_tf.weights.write_weights_h5` in the Keras cache.
 
     Raises:
-        FileNotFoundError: nothing cached, nothing in the mirror, and the
-            download failed (the message names the URL, the file name and
-            the folder to put it in).
+        FileNotFoundError: nothing (usable) cached, nothing in the mirror,
+            and the download failed (the message names the URL, the file
+            name and the folder to put it in, and a deleted unusable cache
+            file).
         ValueError: a mirrored file with the wrong sha256, or that does not
-            port.
+            port; a downloaded checkpoint that does not port (deleted); an
+            unusable cache file that cannot be deleted (named).
     """
     v = variants.get_variant(variant).name
     entries = _candidates(v, fused)
     cache = download.cache_dir()
-    for entry in entries:  # 1. Keras cache
+    notes = []
+    for entry in entries:  # 1. Keras cache (checked; an unusable port is deleted)
         path = os.path.join(cache, _ported_name(entry))
         if os.path.isfile(path):
-            return path
+            problem = cache_problem(path, entry)
+            if problem is None:
+                return path
+            notes.append(_discard(path, problem))
     for entry in entries:  # 2. local mirror (sha256-checked)
         src = download.mirror_file(entry["file"], entry["sha256"], entry["url"])
         if src:
@@ -111,9 +163,14 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
         except Exception as e:  # offline, HTTP error, hash mismatch
             errors.append(f"{entry['url']}: {e}")
             continue
-        return _port_to_cache(entry, src)
+        try:
+            return _port_to_cache(entry, src)
+        except ValueError as e:  # a damaged download reused from the cache
+            note = _discard(src, " ".join(str(e).split())[:300], "downloaded checkpoint")
+            raise ValueError(f"{note}: run again to download it afresh") from e
     first = entries[0]
     raise FileNotFoundError(
+        "".join(f"{note}. " for note in notes) +
         f"ImageNet weights for MobileOne-{v.upper()} are not cached and could not be "
         f"downloaded ({'; '.join(errors)}). Download {first['url']}"
         + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
