@@ -128,13 +128,20 @@ def test_int8_weights_equal_the_converters(random_s0):
 
 def test_corrected_file_has_no_mean_layer_error(random_s0):
     """Measured from the files: each int8 layer on the float model's inputs
-    has a mean output error; with correction it is (almost) gone."""
-    fixed, files, images = random_s0
+    has a mean output error; with correction (fitted on the 16 calibration
+    images) it is (almost) gone on 16 other images. The stem and the first
+    depthwise layer see (nearly) the images' own statistics, whose mean over
+    16 images differs between the two sets: their error is only reduced
+    (measured: to 0.26 and 0.08; every other layer to <= 0.02)."""
+    fixed, files, _ = random_s0
+    held_out = export.generated_images(16, SIZE, seed=6)
     layers = _weighted(fixed)
-    before = _layer_errors(fixed, _file_layers(files[False], layers), images)
-    after = _layer_errors(fixed, _file_layers(files[True], layers), images)
+    before = _layer_errors(fixed, _file_layers(files[False], layers), held_out)
+    after = _layer_errors(fixed, _file_layers(files[True], layers), held_out)
     ratios = {n: np.abs(after[n]).mean() / np.abs(before[n]).mean() for n in layers}
-    assert max(ratios.values()) < 0.1, ratios
+    image_fed = {"stem_conv", "stage1_0_conv"}
+    assert max(ratios[n] for n in image_fed) < 0.5, ratios
+    assert max(v for n, v in ratios.items() if n not in image_fed) < 0.1, ratios
 
 
 def test_apple_s0_logits_move_toward_float(tmp_path):
