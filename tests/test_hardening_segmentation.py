@@ -68,9 +68,9 @@ def test_palette_and_16bit_masks_are_class_indices(tmp_path, writer):
         writer(mask_path, mask)
     assert Image.open(pairs[0][1]).mode == ("P" if writer is _palette_png else "I;16")
     assert seg_data.check_masks(pairs, 11, 11) == (64, 96)
+    _assert_pipeline_yields(pairs, MASKS)
     for (_, mask_path), mask in zip(pairs, MASKS):
         np.testing.assert_array_equal(seg_data.read_mask(mask_path, 11, 11), mask)
-    _assert_pipeline_yields(pairs, MASKS)
 
 
 def test_rgb_mask_and_value_outside_classes_stay_errors(tmp_path):
