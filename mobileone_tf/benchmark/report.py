@@ -58,10 +58,24 @@ def finish_rows(rows, gemm: dict) -> list:
     return rows
 
 
+def _require(module):
+    """``module`` imported, or one ValueError naming the ``benchmark`` extra."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"the benchmark report needs {module.split('.')[0]} ({e}): "
+                         "pip install 'mobileone_tf[benchmark]'") from None
+
+
 def spearman(x, y) -> float:
     """Spearman rank correlation (``scipy.stats.spearmanr``; ties get their
-    average rank); NaN when an input is constant."""
-    from scipy import stats
+    average rank); NaN when an input is constant.
+
+    Raises:
+        ValueError: scipy is not installed (names the ``benchmark`` extra).
+    """
+    stats = _require("scipy.stats")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         return float(stats.spearmanr(x, y).statistic)
@@ -341,7 +355,7 @@ def plot(result: dict, path, runtime: str = "tflite-float32", threads=None, *,
         ValueError: no row of ``runtime`` (at ``threads``).
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    import matplotlib
+    matplotlib = _require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [r for r in result["rows"] if r["runtime"] == runtime and r.get("form") != "branched"]

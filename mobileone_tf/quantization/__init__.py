@@ -46,10 +46,12 @@ from mobileone_tf.quantization.images import qat_dataset
 from mobileone_tf.quantization.qat import (IO_TYPES, correct_qat_biases, export_tflite,
                                            qat_from_weights,
                                            quantization_aware_training)
-from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
+from mobileone_tf.quantization.tfkeras import (MissingExtraError, check_qat_dependencies,
+                                                load_tfmot, quantize, to_tf_keras)
 
 __all__ = [
-    "IO_TYPES", "MIX_MODES", "calibrate_ranges", "check_schedule", "correct_bias",
+    "IO_TYPES", "MIX_MODES", "MissingExtraError", "calibrate_ranges", "check_qat_dependencies",
+    "check_schedule", "correct_bias",
     "correct_qat_biases", "distillation_loss",
     "equalize_activations", "int8_weights",
     "export_tflite", "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",

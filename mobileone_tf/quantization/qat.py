@@ -19,7 +19,8 @@ from mobileone_tf.quantization.calibration import calibrate_ranges
 from mobileone_tf.quantization.distillation import check_schedule, fine_tune
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
-from mobileone_tf.quantization.tfkeras import load_tfmot, quantize, to_tf_keras
+from mobileone_tf.quantization.tfkeras import (check_qat_dependencies, load_tfmot, quantize,
+                                                to_tf_keras)
 
 IO_TYPES = ("float32", "int8", "uint8")
 """TFLite input/output tensor types of :func:`export_tflite` (``"float"`` is
@@ -284,9 +285,11 @@ def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
             < 1: checked before the folder is listed).
         FileNotFoundError: missing folder or weights file.
         FileExistsError: ``output`` exists and not ``overwrite``.
+        MissingExtraError: TFMOT / tf_keras not installed (the ``qat`` extra).
     """
     import mobileone_tf as mo
     _io_type(kwargs.get("io", "float32"))
+    check_qat_dependencies()
     check_schedule(kwargs.get("epochs", 1), kwargs.get("steps_per_epoch"))
     _check_output(output, overwrite)
     dataset, skipped = qat_dataset(train_data, image_size=image_size, batch_size=batch_size,

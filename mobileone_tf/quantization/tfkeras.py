@@ -21,12 +21,36 @@ SE_SCALE_SUFFIX = "_se_scale"
 """Suffix of the squeeze-excite ``Multiply`` layers (unknown to TFMOT's registry)."""
 
 
+QAT_EXTRA = "qat"
+"""The extra that installs TFMOT and tf_keras (``pip install 'mobileone_tf[qat]'``)."""
+
+
+class MissingExtraError(ValueError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def check_qat_dependencies():
+    """Raises :class:`MissingExtraError` (one line naming the ``qat`` extra)
+    when TFMOT or ``tf_keras`` is not installed; imports neither."""
+    import importlib.util
+    missing = [m for m in ("tensorflow_model_optimization", "tf_keras")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f"quantization-aware training needs {' and '.join(missing)} (not installed): "
+            f"pip install 'mobileone_tf[{QAT_EXTRA}]' (TFMOT caps absl-py below 2)")
+
+
 def load_tfmot():
     """Imports ``tf_keras`` and TFMOT, restoring ``TF_USE_LEGACY_KERAS``.
 
     Returns:
         ``(tf_keras, tfmot)`` modules.
+
+    Raises:
+        MissingExtraError: TFMOT or tf_keras is not installed (the ``qat`` extra).
     """
+    check_qat_dependencies()
     had, old = "TF_USE_LEGACY_KERAS" in os.environ, os.environ.get("TF_USE_LEGACY_KERAS")
     try:
         import tf_keras
