@@ -58,8 +58,8 @@ __all__ = [
     "AUTHOR", "COREML_LABEL", "COREML_PROBS", "DEFAULT_LICENSE", "EXPORTERS", "FORMATS",
     "FUSED_TFLITE_OPS", "INPUT_NAME", "QUANTIZE_MODES", "RTOL", "ExportError",
     "ExportVerificationError", "check_coreml", "check_options", "class_names", "compare",
-    "export", "export_variant", "format_options", "format_report", "generated_images", "num_classes",
-    "onnx_proto", "output_name", "prepare_model", "sample_images", "to_coreml", "to_onnx",
-    "to_saved_model", "to_tflite", "verification_images", "verify_coreml", "write_report",
-    "write_saved_model",
+    "export", "export_variant", "format_options", "format_report", "generated_images",
+    "num_classes", "onnx_proto", "output_name", "prepare_model", "sample_images", "to_coreml",
+    "to_onnx", "to_saved_model", "to_tflite", "verification_images", "verify_coreml",
+    "write_report", "write_saved_model",
 ]

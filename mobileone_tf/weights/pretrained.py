@@ -94,8 +94,8 @@ def cache_problem(path, entry) -> str | None:
         classes = check_state(state, entry["variant"], entry["form"])
         if classes != 1000:
             return f"has {classes} classes, not ImageNet's 1000"
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        return " ".join(str(e).split())[:300] or type(e).__name__
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return "truncated or damaged"
     return None
 
 
@@ -117,7 +117,7 @@ def _discard(path, problem, what="cached port") -> str:
     print(f"warning: the {what} {path} was unusable ({problem}); deleted it (a cache)"
           + (", porting Apple's checkpoint again" if what == "cached port" else ""),
           file=sys.stderr, flush=True)
-    return f"the {what} {path} was unusable ({problem}) and has been deleted"
+    return f"The {what} {path} was unusable ({problem}) and has been deleted (a cache)"
 
 
 def imagenet_weights_path(variant, fused: bool = False) -> str:
@@ -170,10 +170,9 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
             raise ValueError(f"{note}: run again to download it afresh") from e
     first = entries[0]
     raise FileNotFoundError(
-        "".join(f"{note}. " for note in notes) +
-        f"ImageNet weights for MobileOne-{v.upper()} are not cached and could not be "
-        f"downloaded ({'; '.join(errors)}). Download {first['url']}"
+        "".join(f"{note}. " for note in notes)
+        + f"ImageNet weights for MobileOne-{v.upper()}: download {first['url']}"
         + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
-        + f" and put it, under that file name, in the folder named by the "
-        f"environment variable {download.ENV_MIRROR} (currently "
-        f"{download.mirror_dir() or 'unset'}), or pass weights=PATH to the file.")
+        + f" and put it, under that name, in the folder named by ${download.ENV_MIRROR} "
+        f"(currently {download.mirror_dir() or 'unset'}), or pass weights=PATH to the file. "
+        f"Not cached, and the download failed: {'; '.join(errors)}.")
