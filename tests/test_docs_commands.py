@@ -3,9 +3,10 @@
 that script's own absl flags: a renamed or removed flag, or a value of the
 wrong type, fails here (issue 21).
 
-Each script is imported by path in a subprocess (``__name__`` is not
-``"__main__"``, so nothing runs and TensorFlow is not imported) and
-``absl.flags.FLAGS(argv)`` parses every command of that script: absl rejects
+Each script's module code runs in a subprocess (``runpy.run_path`` with a
+``__name__`` other than ``"__main__"``: its flags are defined, ``main`` does not
+run, TensorFlow is not imported) and ``absl.flags.FLAGS(argv)`` parses every
+command of that script (one subprocess per script): absl rejects
 unknown flags and values of the wrong type. ``train.py``'s list flags are
 also read back through ``TrainConfig`` (``config.from_flags``: their element
 types). A command shortened with ``...`` may leave out required flags; a flag
@@ -143,13 +144,12 @@ def _placeholders(argv, fv, partial):
 
 
 def _worker(script, commands):
-    import importlib.util
+    import runpy
 
     from absl import flags
-    spec = importlib.util.spec_from_file_location(f"docs_check_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(script.parent))
-    spec.loader.exec_module(module)  # defines the flags; main() does not run
+    # defines the flags; main() does not run (__name__ is not "__main__")
+    module = runpy.run_path(str(script), run_name=f"docs_check_{script.stem}")
     fv, errors = flags.FLAGS, []
     known = set(fv)
     for command in commands:
@@ -160,7 +160,7 @@ def _worker(script, commands):
         try:
             fv.unparse_flags()
             fv([script.name, *_placeholders(command["argv"], fv, command["partial"])])
-            config = getattr(module, "config", None)
+            config = module.get("config")
             if error is None and hasattr(config, "from_flags"):
                 config.from_flags(fv)  # list flags: element types
         except (flags.Error, ValueError) as e:
