@@ -13,7 +13,9 @@ and at the end ``SPEC["result"]`` (JSON: summary, role, the worker folders
 this process saw in its ``TMPDIR`` at the end of training) and
 ``SPEC["result"] + ".npz"`` (every model variable, BatchNorm statistics
 included). ``SPEC["kill_at"] = [epoch, batch]`` SIGKILLs this process after
-that batch (a worker lost mid-epoch).
+that batch (a worker lost mid-epoch). With ``SPEC["snapshots"]``, every
+model variable is also saved when the process's first training step starts
+(``.start.npz``) and at the end of each epoch (``.epoch<N>.npz``).
 """
 
 import json
@@ -110,9 +112,24 @@ def train_fn(n, batch, seed):
     return worker_shard if SPEC.get("input_context") else global_batches
 
 
+def _save_weights(model, suffix):
+    np.savez(SPEC["result"] + suffix, **{v.path: v.numpy() for v in model.weights})
+
+
 class Epochs(keras.callbacks.Callback):
+    started = False
+
     def on_epoch_begin(self, epoch, logs=None):
         EPOCH["now"] = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if SPEC.get("snapshots") and not self.started:   # what the first step starts from
+            self.started = True
+            _save_weights(self.model, ".start.npz")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if SPEC.get("snapshots"):
+            _save_weights(self.model, f".epoch{epoch}.npz")
 
     def on_train_batch_end(self, batch, logs=None):
         if SPEC.get("kill_at") == [EPOCH["now"], batch]:

@@ -11,7 +11,8 @@ global batch t = batch t of the single process (counted from indices the
 model itself received); synchronized BatchNorm statistics; only the chief
 writes the run files; a worker killed mid-epoch, then the cluster restarted
 with ``resume``: the run continues from the last completed epoch and ends at
-the same epoch count with no example lost or repeated.
+the same epoch count with no example lost or repeated, starting bit for bit
+from the weights the chief saved at the end of the last completed epoch.
 
 About 1.5-2.5 min on 2 cores (10 worker processes; TensorFlow's import and
 the small train step dominate). Every process is killed in ``finally``.
@@ -181,7 +182,7 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path):
     chief's backup and ends at epoch 3. Plain (per-worker) BatchNorm here:
     trained weights stay identical, moving statistics differ per worker."""
     out = tmp_path / "run"
-    spec = _spec(out, epochs=3, sync_bn=False, ema=0.0)
+    spec = _spec(out, epochs=3, sync_bn=False, ema=0.0, snapshots=True)
     codes = _launch(tmp_path, _cluster(["k0", "k1"], spec, k1={"kill_at": [1, 1]}))
     assert codes["k1"] == -signal.SIGKILL
     assert codes["k0"] != 0, "the chief should fail when a worker is lost"
@@ -189,6 +190,8 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path):
     assert not (out / "summary.json").exists()
     first = [_records(tmp_path, n) for n in ("k0", "k1")]
     assert len(first[1][1]) == 2                       # killed after 2 batches of epoch 1
+    saved = dict(np.load(str(tmp_path / "k0.epoch0.npz")))   # the chief at the end of epoch 0
+    assert not (tmp_path / "k0.epoch1.npz").exists()
 
     codes = _launch(tmp_path, _cluster(["r0", "r1"], {**spec, "resume": True}))
     _check_ok(tmp_path, codes)
@@ -196,6 +199,15 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path):
     for r in again:
         assert r["summary"]["epochs"] == 3 and r["summary"]["resumed_at_epoch"] == 1
         assert sorted(r["records"]) == [1, 2]          # epoch 0 was not re-run
+    # the resumed cluster starts bit for bit from the chief's weights at the
+    # end of epoch 0 (not a fresh model, not the killed epoch 1's steps)
+    fresh = dict(np.load(str(tmp_path / "k0.start.npz")))
+    starts = [dict(np.load(str(tmp_path / f"{n}.start.npz"))) for n in ("r0", "r1")]
+    assert any(not np.array_equal(fresh[n], saved[n]) for n in saved)   # epoch 0 trained
+    for n, value in saved.items():
+        np.testing.assert_array_equal(starts[0][n], value, err_msg=n)
+        if "moving_" not in n:   # worker 1's own BatchNorm statistics: see below
+            np.testing.assert_array_equal(starts[1][n], value, err_msg=n)
     log = (out / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1", "2"]
     assert set(os.listdir(out)) - {"logs"} == RUN_FILES   # backup/ removed at the end
