@@ -67,7 +67,8 @@ def keras_probs(apple_s0, images):
 def test_classifier_top1_and_names(folder, apple_s0, images, names_file, keras_probs, quantize,
                                    tmp_path):
     """float32 (and float16): MediaPipe's top-1 class and name equal Keras'
-    on every image; float32 scores to 1e-4."""
+    on every image; float32 probabilities to 1e-5 (measured 2e-6 on these
+    53 images, 8e-6 on 303)."""
     labels, names = names_file
     path, _ = export.to_tflite(apple_s0, str(tmp_path / "s0.tflite"), quantize=quantize,
                                labels=labels, verify=False)
@@ -76,7 +77,7 @@ def test_classifier_top1_and_names(folder, apple_s0, images, names_file, keras_p
     np.testing.assert_array_equal(top1, keras_probs.argmax(-1))
     assert [result["names"][i] for i in top1] == [names[i] for i in keras_probs.argmax(-1)]
     if quantize == "none":
-        np.testing.assert_allclose(result["scores"], keras_probs, atol=1e-4)
+        np.testing.assert_allclose(result["scores"], keras_probs, rtol=0, atol=1e-5)
     cat, coffee = top1[:2]  # samples/chelsea.jpg, coffee.jpg
     assert 281 <= cat <= 285 and coffee in (504, 967, 968), (cat, coffee)
 
