@@ -120,19 +120,20 @@ def calibration(shared, work):
     train images of each of 4 classes, plus an undecodable file matching each
     held-out glob of the README (read only if the exclusion fails)."""
     root = work / "calib" / "imagenette" / "train"
-    patterns = EXCLUDE.split(",")
+    patterns, kept = EXCLUDE.split(","), []
     for synset in sorted(os.listdir(shared / "imagenette" / "train"))[:4]:
         src = shared / "imagenette" / "train" / synset
         (root / synset).mkdir(parents=True)
-        kept = [n for n in sorted(os.listdir(src))
-                if not any(fnmatch.fnmatch(str(src / n), p) for p in patterns)][:2]
-        for name in kept:
-            shutil.copy(src / name, root / synset / name)
+        names = [n for n in sorted(os.listdir(src))
+                 if not any(fnmatch.fnmatch(str(src / n), p) for p in patterns)][:2]
+        for name in names:
+            kept.append(root / synset / name)
+            shutil.copy(src / name, kept[-1])
     held_out = [corrupt(root / "n01440764" / "n01440764_13.JPEG"),
                 corrupt(root / "n01440764" / "ILSVRC2012_val_99999999.JPEG")]
     for path in held_out:  # each is left out by one README glob
         assert sum(fnmatch.fnmatch(str(path), p) for p in patterns) == 1, path
-    return root, 8, held_out
+    return root, kept, held_out
 
 
 # --- port_weights.py, evaluate.py (Keras), convert.py float32 -> evaluate --model ---
@@ -225,7 +226,7 @@ def test_convert_int8_exclusion_float_layers_io(int8, calibration):
     path, report = int8
     _, kept, _ = calibration
     # bias correction saw every calibration image left after the exclusion
-    assert report["bias_correction"] == kept
+    assert report["bias_correction"] == len(kept) == 8
     assert report["calibration"]["data"].endswith(f"without {EXCLUDE.replace(',', ', ')}")
     assert report["calibration"]["int8_io"] == "int8" and report["equalized"] is True
     assert report["float_layers"] == FLOAT_LAYERS
@@ -394,16 +395,14 @@ def test_qat_bias_correction(ported, calibration, work):
 
 
 # --- quant_sensitivity.py -----------------------------------------------------------
-def test_quant_sensitivity_scan(ported, calibration, shared, work):
-    folder, _, _ = calibration
+def test_quant_sensitivity_scan(ported, calibration, work):
+    _, kept, _ = calibration
     calib, holdout = work / "sens_calib", work / "sens_holdout"
-    for synset in sorted(os.listdir(folder))[:4]:  # class folders: synsets give labels
-        (holdout / synset).mkdir(parents=True)
-        name = sorted(p.name for p in (folder / synset).glob("*.JPEG")
-                      if not p.name.startswith(("n01440764_13", "ILSVRC2012_val_9")))[0]
-        shutil.copy(folder / synset / name, holdout / synset / name)
+    for path in kept[::2]:  # one image per class; synset folders give labels
+        (holdout / path.parent.name).mkdir(parents=True)
+        shutil.copy(path, holdout / path.parent.name / path.name)
     calib.mkdir()
-    for path in sorted(folder.glob("*/*.JPEG"))[-3:]:
+    for path in kept[3::2]:  # 3 other images
         shutil.copy(path, calib / path.name)
     out = work / "scan.json"
     run("quant_sensitivity", "--variant", "s0", "--weights", ported[1], "--calibration_data",
