@@ -34,11 +34,13 @@ from PIL import Image
 from tests.conftest import ROOT, require_shared
 
 README = (ROOT / "README.md").read_text()
+QUANTIZATION_DOC = (ROOT / "docs" / "quantization.md").read_text()
 VAL = "imagenet-val-1300"
 S0 = "mobileone_s0.pth.tar"
-#: the held-out globs and kept-float layers exactly as the README shows them
+#: the held-out globs exactly as the README's PTQ command shows them, and the
+#: kept-float layers as docs/quantization.md shows them
 EXCLUDE = re.search(r"--calibration_exclude '([^']+)'", README).group(1)
-FLOAT_LAYERS = re.search(r"--float_layers ([\w,]+)", README).group(1).split(",")
+FLOAT_LAYERS = re.search(r"--float_layers ([\w,]+)", QUANTIZATION_DOC).group(1).split(",")
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 S0_CONVS = 43  # fused S0: stem + 2x(2 + 8 + 10 + 1) blocks, one conv each
 CRASH = """import os, runpy, sys
@@ -189,7 +191,7 @@ def test_convert_tflite_float32(tflite_float):
     assert (inp["name"], inp["dtype"], list(inp["shape"])) == ("image", "float32",
                                                               [1, 224, 224, 3])
     assert (out["name"], list(out["shape"])) == ("probabilities", [1, 1000])
-    ops = runtime.tflite_ops(str(path))  # README: one conv per block, 5 PADs, one ADD
+    ops = runtime.tflite_ops(str(path))  # README, docs/export.md: one conv per block, 5 PADs, one ADD
     assert sum(ops.get(op, 0) for op in CONV_OPS) == S0_CONVS
     assert ops["PAD"] == 5 and ops["ADD"] == 1 and "MUL" not in ops
     assert report["file_size_bytes"] / 1e6 == pytest.approx(8.34, abs=0.02)  # README table
@@ -238,7 +240,7 @@ def test_convert_int8_exclusion_float_layers_io(int8, calibration):
     assert all(any(layer in name for name in floats) for layer in FLOAT_LAYERS), floats
     softmax = [op for op in runtime.tflite_op_list(str(path)) if op["op"] == "SOFTMAX"]
     assert [op["outputs"][0]["dtype"] for op in softmax] == ["float32"]
-    assert report["xnnpack"]["partitions"] == 1  # README: still one XNNPACK partition
+    assert report["xnnpack"]["partitions"] == 1  # docs/quantization.md: still one partition
 
 
 def test_evaluate_int8_against_keras(int8, keras_eval, shared, work, include):
@@ -411,7 +413,7 @@ def test_quant_sensitivity_scan(ported, calibration, work):
     report = read_json(out)
     assert report["calibration"]["images"] == 3
     assert report["holdout"]["images"] == 4 and report["holdout"]["labelled"] is True
-    layers = report["layers"]  # README: 44 layers (43 convs + the classifier)
+    layers = report["layers"]  # docs/quantization.md: 44 layers (43 convs + the classifier)
     assert len(layers) == S0_CONVS + 1 and set(FLOAT_LAYERS) <= {x["name"] for x in layers}
     assert sorted(x["rank"] for x in layers) == list(range(1, S0_CONVS + 2))
     assert all(math.isfinite(x["sqnr_db"]) for x in layers)

@@ -1,17 +1,10 @@
 """MobileOne in KerasHub (optional: ``pip install "mobileone_tf[hub]"``).
 
 ``MobileOneBackbone`` is a ``keras_hub.models.FeaturePyramidBackbone``
-(``pyramid_outputs`` ``"P1".."P5"``), so KerasHub's heads take it as their
-``image_encoder``::
-
-    import keras_hub
-    from mobileone_tf import hub
-    encoder = hub.MobileOneBackbone("s0", weights="mobileone_s0.pth.tar")
-    deeplab = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=encoder, spatial_pyramid_pooling_key="P5",
-        upsampling_size=8, dilation_rates=[6, 12, 18], low_level_feature_key="P2")
-    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(deeplab, num_classes=12)
-    deploy = mobileone_tf.fuse(segmenter)  # same class, every block fused
+(``pyramid_outputs`` ``"P1".."P5"``), so KerasHub's heads (DeepLabV3,
+RetinaNet) take it as their ``image_encoder``. The example (a DeepLabV3+
+segmenter, fused and exported, and a RetinaNet detector), the classes and
+what is tested: ``docs/backbone.md``.
 
 Importing this package imports KerasHub (``import mobileone_tf`` does not) and
 registers :func:`fuse_hub_model` with :func:`mobileone_tf.fuse`.
