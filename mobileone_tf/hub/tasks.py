@@ -9,6 +9,7 @@ import keras_hub
 
 from mobileone_tf import models as mo_models
 from mobileone_tf.hub.backbone import MobileOneBackbone
+from mobileone_tf.weights.presets import EVAL_IMAGE_SIZE
 
 SCALE = tuple(1.0 / (255.0 * s) for s in mo_models.IMAGENET_STD)
 """Converter ``scale``: RGB 0..255 -> ImageNet-normalized with ``OFFSET``."""
@@ -21,12 +22,15 @@ class MobileOneImageConverter(keras_hub.layers.ImageConverter):
     (``(x / 255 - mean) / std``, the ``scale``/``offset`` defaults here), as
     Apple's training and evaluation transforms do. Arguments as
     ``keras_hub.layers.ImageConverter``; ``image_size`` default ``(224, 224)``
-    (largest centred crop of the target aspect ratio, then bilinear resize;
-    Apple's evaluation resizes the short side to 256 and crops 224)."""
+    (the preset table's :data:`mobileone_tf.weights.presets.EVAL_IMAGE_SIZE`;
+    largest centred crop of the target aspect ratio, then bilinear resize;
+    Apple's evaluation resizes the short side to 256 and crops 224, i.e.
+    ``crop_pct`` 0.875, which KerasHub's converter does not do)."""
 
     backbone_cls = MobileOneBackbone
 
-    def __init__(self, image_size=(224, 224), scale=SCALE, offset=OFFSET, **kwargs):
+    def __init__(self, image_size=(EVAL_IMAGE_SIZE, EVAL_IMAGE_SIZE), scale=SCALE, offset=OFFSET,
+                 **kwargs):
         super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
 
 
