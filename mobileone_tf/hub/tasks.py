@@ -8,7 +8,7 @@ import keras
 import keras_hub
 
 from mobileone_tf import models as mo_models
-from mobileone_tf.hub.backbone import MobileOneBackbone
+from mobileone_tf.hub.backbone import MobileOneBackbone, check_preset_name
 from mobileone_tf.weights.presets import EVAL_IMAGE_SIZE
 
 SCALE = tuple(1.0 / (255.0 * s) for s in mo_models.IMAGENET_STD)
@@ -48,10 +48,19 @@ class MobileOneImageClassifier(keras_hub.models.ImageClassifier):
     pool -> dropout -> dense ``"predictions"`` (Apple's head:
     ``avg_pool -> linear``), arguments as ``keras_hub.models.ImageClassifier``.
     The dense layer takes this package's ``head/kernel``, ``head/bias`` state
-    (:func:`mobileone_tf.hub.load_classifier_weights`)."""
+    (:func:`mobileone_tf.hub.load_classifier_weights`). By name:
+    ``MobileOneImageClassifier.from_preset("mobileone_s0_imagenet")``
+    (Apple's ImageNet weights, :mod:`mobileone_tf.hub.named_presets`)."""
 
     backbone_cls = MobileOneBackbone
     preprocessor_cls = MobileOneImageClassifierPreprocessor
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """KerasHub's ``from_preset``; an unknown name is refused listing
+        the known ones (:func:`mobileone_tf.hub.backbone.check_preset_name`)."""
+        check_preset_name(cls, preset)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
 def load_classifier_weights(classifier, path):
