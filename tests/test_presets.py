@@ -3,6 +3,7 @@ figures, files and evaluation transform (hard-coded here from the paper and
 the ml-mobileone README), the generated manifest, and user-supplied sha256."""
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -61,7 +62,6 @@ def test_manifest_is_current():
     assert text == presets.manifest_text(), (
         "checkpoints/manifest.json is stale: python -c \"from mobileone_tf.weights import "
         "presets; presets.write_manifest('checkpoints/manifest.json')\"")
-    import json
     rows = json.loads(text)["presets"]
     assert {r["name"]: (r["variant"], r["form"], r["file"]) for r in rows} == EXPECTED
     assert {r["name"]: r["top1"] for r in rows} == {
@@ -113,13 +113,16 @@ def test_user_supplied_sha256_is_checked(offline_home, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="mobileone_s1.pth.tar"):  # unchecked: the port refuses
         weights.preset_weights_path("mobileone_s1_imagenet")
     other = "ab" * 32
-    monkeypatch.setenv(presets.ENV_SHA256, f"mobileone_s1.pth.tar={other.upper()}, x.bin={'0' * 64}")
+    monkeypatch.setenv(presets.ENV_SHA256,
+                       f"mobileone_s1.pth.tar={other.upper()}, x.bin={'0' * 64}")
     assert presets.sha256_for("mobileone_s1_imagenet") == other
-    with pytest.raises(ValueError, match=rf"sha256 [0-9a-f]{{64}} does not match the known {other}"):
+    with pytest.raises(ValueError,
+                       match=rf"sha256 [0-9a-f]{{64}} does not match the known {other}"):
         weights.preset_weights_path("mobileone_s1_imagenet")
     assert not os.listdir(offline_home / "models" / "mobileone_tf")
     monkeypatch.setenv(presets.ENV_SHA256, "mobileone_s1.pth.tar=1234")
-    with pytest.raises(ValueError, match=r"\$MOBILEONE_TF_SHA256: entry 'mobileone_s1.pth.tar=1234'"):
+    with pytest.raises(ValueError,
+                       match=r"\$MOBILEONE_TF_SHA256: entry 'mobileone_s1.pth.tar=1234'"):
         presets.sha256_for("mobileone_s1_imagenet")
     monkeypatch.setenv(presets.ENV_SHA256, f"mobileone_s0.pth.tar={other}")
     with pytest.raises(ValueError, match=f"published sha256 is {S0_SHA256}"):

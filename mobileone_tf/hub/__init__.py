@@ -52,4 +52,5 @@ __all__ = ["ApplicationBackbone", "pyramid_layer_names", "MobileOneBackbone",
            "MobileOneImageConverter", "STAGES", "apply_finetuning", "batchnorm_layers",
            "stage_of", "fuse_backbone", "fuse_hub_model", "handles", "load_classifier_weights",
            "check_preset", "load_preset", "make_preset", "make_presets", "DETECTIONS",
-           "raw_detections_model", "check_preset_name", "ensure_preset", "preset_dir", "register_named_presets"]
+           "raw_detections_model", "check_preset_name", "ensure_preset", "preset_dir",
+           "register_named_presets"]
