@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mobileone_tf.fileio import write_json
+from mobileone_tf.weights.presets import EVAL_CROP_PCT, EVAL_IMAGE_SIZE
 
 __all__ = ["agreement", "evaluate", "evaluate_folder", "write_json"]
 
@@ -51,8 +52,9 @@ def evaluate(predict, dataset, num_examples=None, progress=True):
             "n": int(len(labels)), "predictions": preds.tolist(), "labels": labels.tolist()}
 
 
-def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32, image_size=224,
-                    crop_pct=0.875, progress=True, include=None):
+def evaluate_folder(predict, data_dir, num_classes=None, batch_size=32,
+                    image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT, progress=True,
+                    include=None):
     """Top-1 / top-5 of ``predict`` on a labelled image folder, skipping (and
     reporting) undecodable images.
 

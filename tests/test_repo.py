@@ -150,6 +150,15 @@ def test_no_private_internals():
                                      f"{node.value.id}.{node.attr}")
 
 
+def test_keras_hub_private_module_in_one_place():
+    """KerasHub has no public way to register preset names: its
+    ``keras_hub.src.utils.preset_utils.register_presets`` is imported by
+    ``hub/named_presets.py`` alone (documented there)."""
+    users = sorted(str(p.relative_to(ROOT)) for p in list(PACKAGE.rglob("*.py")) + SCRIPTS
+                   if "import" in p.read_text() and "keras_hub.src" in p.read_text())
+    assert users == ["mobileone_tf/hub/named_presets.py"], users
+
+
 def test_tests_do_not_import_scripts():
     for path in (ROOT / "tests").glob("*.py"):
         if path.name == "test_repo.py":

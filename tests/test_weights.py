@@ -129,8 +129,8 @@ def test_manifest_urls_and_hashes_are_apples():
     only published hashes (an unpublished hash would refuse Apple's file)."""
     with open(os.path.join(ROOT, "checkpoints", "manifest.json")) as f:
         manifest = json.load(f)
-    assert manifest["checkpoints"] == weights.CHECKPOINTS
-    for table in (manifest["checkpoints"], weights.CHECKPOINTS):
+    assert manifest["presets"] == weights.CHECKPOINTS
+    for table in (manifest["presets"], weights.CHECKPOINTS):
         assert {(e["variant"], e["form"]): e["url"] for e in table} == APPLE_URLS
         assert {(e["variant"], e["form"]): e["sha256"] for e in table
                 if e["sha256"]} == PUBLISHED_SHA256

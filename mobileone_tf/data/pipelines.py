@@ -23,6 +23,7 @@ from mobileone_tf.data.listing import (image_folders, list_examples, list_image_
                                        list_images, select_paths)
 from mobileone_tf.data.transforms import (eval_transform, load_images, pil_eval_transform,
                                           random_crop_flip, random_resized_crop)
+from mobileone_tf.weights.presets import EVAL_CROP_PCT, EVAL_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _included(paths, labels, include, data_dir):
     return [p for p, _ in pairs], [y for _, y in pairs]
 
 
-def eval_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
+def eval_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                  synset_to_index=None, num_classes=None,
                  num_parallel_calls=tf.data.AUTOTUNE, backend="pil",
                  drop_remainder=False, skipped=None, include=None):
@@ -200,7 +201,7 @@ def _records(source, label_offset, shuffle_files, seed):
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def tfrecord_eval_dataset(source, batch_size=32, image_size=224, crop_pct=0.875,
+def tfrecord_eval_dataset(source, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                           label_offset=0):
     """Labelled eval batches from ImageNet-style TFRecord shards.
 
@@ -368,7 +369,7 @@ DISTILL_RRC_SCALE = (0.25, 1.0)
 0.08 lower bound leaves a few pixels of a 64x64 image)."""
 
 
-def image_folder_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875,
+def image_folder_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                          shuffle=False, seed=None, repeat=False, augment=False,
                          drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
                          exclude=None):
@@ -420,7 +421,7 @@ def image_folder_dataset(data_dir, batch_size=32, image_size=224, crop_pct=0.875
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def image_batches(folder, image_size, batch_size, max_batches, crop_pct=0.875):
+def image_batches(folder, image_size, batch_size, max_batches, crop_pct=EVAL_CROP_PCT):
     """Yields up to ``max_batches`` full float32 ``(batch_size, S, S, 3)``
     numpy batches (RGB 0..255, :func:`load_image`) of images picked evenly
     over the sorted listing of ``folder`` (so that sorted class folders are

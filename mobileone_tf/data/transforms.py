@@ -16,6 +16,8 @@ offsets ``int(round((dim - image_size) / 2))``.
 
 Images leave every transform as RGB in ``0..255`` (NHWC when batched): the
 MobileOne models normalize inside (``include_preprocessing=True``).
+The defaults (224, crop 0.875: resize 256, crop 224) are the preset table's
+(:data:`mobileone_tf.weights.presets.EVAL_IMAGE_SIZE`, ``EVAL_CROP_PCT``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from mobileone_tf.data.decode import open_image
+from mobileone_tf.weights.presets import EVAL_CROP_PCT, EVAL_IMAGE_SIZE
 
 
-def pil_eval_transform(image, image_size=224, crop_pct=0.875):
+def pil_eval_transform(image, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """torchvision-equal eval transform with PIL.
 
     Args:
@@ -61,7 +64,7 @@ def _square_size(image_size) -> int:
     return int(image_size)
 
 
-def load_image(path, image_size=224, crop_pct=0.875):
+def load_image(path, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """One image file through the torchvision-equal eval transform
     (:func:`mobileone_tf.data.pil_eval_transform`).
 
@@ -79,7 +82,7 @@ def load_image(path, image_size=224, crop_pct=0.875):
     return np.asarray(pil_eval_transform(path, size, crop_pct), np.float32)
 
 
-def load_images(paths, image_size=224, crop_pct=0.875):
+def load_images(paths, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """:func:`load_image` of every path, stacked: float32 ``(N, image_size,
     image_size, 3)`` RGB 0..255. Raises on the first unreadable file (named)."""
     return np.stack([load_image(p, image_size, crop_pct) for p in paths])
@@ -112,7 +115,7 @@ def center_crop(image, size):
     return image[top:top + size, left:left + size, :]
 
 
-def eval_transform(image, image_size=224, crop_pct=0.875, antialias=True):
+def eval_transform(image, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT, antialias=True):
     """In-graph eval transform of one ``(H, W, 3)`` image tensor (any
     numeric dtype, 0..255).
 

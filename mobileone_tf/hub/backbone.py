@@ -18,6 +18,8 @@ moving statistics never change). Keras semantics: a BatchNormalization with
 
 from __future__ import annotations
 
+import os
+
 import keras
 import keras_hub
 
@@ -77,6 +79,21 @@ def apply_finetuning(model, freeze_stages=0, norm_eval=False):
     return model
 
 
+def check_preset_name(cls, preset):
+    """Refuses a ``from_preset`` argument that is neither a local path, a
+    handle (``kaggle://``, ``hf://``, ...) nor a name in ``cls.presets``
+    (KerasHub's own error lists no names).
+
+    Raises:
+        ValueError: naming ``preset`` and listing ``cls.presets``.
+    """
+    if isinstance(preset, str) and "://" not in preset and not os.path.exists(preset) \
+            and preset not in cls.presets:
+        raise ValueError(f"unknown preset {preset!r} for {cls.__name__}: not a local preset "
+                         "folder, not a handle (kaggle://, hf://) and not a known name; known "
+                         f"names: {', '.join(sorted(cls.presets)) or 'none registered'}")
+
+
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
     """MobileOne (Vasu et al., CVPR 2023) as a KerasHub feature-pyramid backbone.
@@ -104,6 +121,10 @@ class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
     Output: the stride-32 map ``(batch, ceil(H/32), ceil(W/32), C5)``;
     ``pyramid_outputs``: ``{"P1": stride 2, ..., "P5": stride 32}`` NHWC
     float maps with the channels of :func:`mobileone_tf.feature_info`.
+
+    Presets by name (``MobileOneBackbone.presets``: Apple's checkpoints,
+    :mod:`mobileone_tf.hub.named_presets`):
+    ``MobileOneBackbone.from_preset("mobileone_s0_imagenet")``.
 
     Raises:
         ValueError: unknown variant, bad ``freeze_stages``, weights that do
@@ -139,6 +160,13 @@ class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
                        "image_shape": self.image_shape, "freeze_stages": self.freeze_stages,
                        "norm_eval": self.norm_eval})
         return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """KerasHub's ``from_preset``; an unknown name is refused listing
+        the known ones (:func:`check_preset_name`)."""
+        check_preset_name(cls, preset)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     @classmethod
     def from_config(cls, config):

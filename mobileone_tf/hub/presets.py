@@ -25,6 +25,7 @@ from mobileone_tf.hub.preset_files import CONFIG, TASK, check_preset
 from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
                                     MobileOneImageClassifierPreprocessor,
                                     MobileOneImageConverter, load_classifier_weights)
+from mobileone_tf.weights.presets import preset_name
 
 
 def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=False):
@@ -91,7 +92,10 @@ def _variant_of(description):
 
 
 def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False):
-    """Presets ``{output_root}/mobileone_{variant}_imagenet`` for S0-S4.
+    """Presets ``{output_root}/NAME`` for S0-S4, named as the preset table
+    (:func:`mobileone_tf.weights.presets.preset_name`): fused
+    ``mobileone_{variant}_imagenet``, branched
+    ``mobileone_{variant}_unfused_imagenet``.
 
     Args:
         checkpoints: ``{variant: checkpoint path}``; default: the ported
@@ -106,8 +110,8 @@ def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False)
         from mobileone_tf import weights as mo_weights
         checkpoints = {v: mo_weights.imagenet_weights_path(v, fused=fused)
                        for v in variants.VARIANTS}
-    return {v: make_preset(path, os.path.join(os.fspath(output_root),
-                                              f"mobileone_{v}_imagenet"),
+    form = "fused" if fused else "branched"
+    return {v: make_preset(path, os.path.join(os.fspath(output_root), preset_name(v, form)),
                            variant=v, fused=fused, overwrite=overwrite)
             for v, path in checkpoints.items()}
 

@@ -8,7 +8,8 @@ import keras
 import keras_hub
 
 from mobileone_tf import models as mo_models
-from mobileone_tf.hub.backbone import MobileOneBackbone
+from mobileone_tf.hub.backbone import MobileOneBackbone, check_preset_name
+from mobileone_tf.weights.presets import EVAL_IMAGE_SIZE
 
 SCALE = tuple(1.0 / (255.0 * s) for s in mo_models.IMAGENET_STD)
 """Converter ``scale``: RGB 0..255 -> ImageNet-normalized with ``OFFSET``."""
@@ -21,12 +22,15 @@ class MobileOneImageConverter(keras_hub.layers.ImageConverter):
     (``(x / 255 - mean) / std``, the ``scale``/``offset`` defaults here), as
     Apple's training and evaluation transforms do. Arguments as
     ``keras_hub.layers.ImageConverter``; ``image_size`` default ``(224, 224)``
-    (largest centred crop of the target aspect ratio, then bilinear resize;
-    Apple's evaluation resizes the short side to 256 and crops 224)."""
+    (the preset table's :data:`mobileone_tf.weights.presets.EVAL_IMAGE_SIZE`;
+    largest centred crop of the target aspect ratio, then bilinear resize;
+    Apple's evaluation resizes the short side to 256 and crops 224, i.e.
+    ``crop_pct`` 0.875, which KerasHub's converter does not do)."""
 
     backbone_cls = MobileOneBackbone
 
-    def __init__(self, image_size=(224, 224), scale=SCALE, offset=OFFSET, **kwargs):
+    def __init__(self, image_size=(EVAL_IMAGE_SIZE, EVAL_IMAGE_SIZE), scale=SCALE, offset=OFFSET,
+                 **kwargs):
         super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
 
 
@@ -44,10 +48,19 @@ class MobileOneImageClassifier(keras_hub.models.ImageClassifier):
     pool -> dropout -> dense ``"predictions"`` (Apple's head:
     ``avg_pool -> linear``), arguments as ``keras_hub.models.ImageClassifier``.
     The dense layer takes this package's ``head/kernel``, ``head/bias`` state
-    (:func:`mobileone_tf.hub.load_classifier_weights`)."""
+    (:func:`mobileone_tf.hub.load_classifier_weights`). By name:
+    ``MobileOneImageClassifier.from_preset("mobileone_s0_imagenet")``
+    (Apple's ImageNet weights, :mod:`mobileone_tf.hub.named_presets`)."""
 
     backbone_cls = MobileOneBackbone
     preprocessor_cls = MobileOneImageClassifierPreprocessor
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """KerasHub's ``from_preset``; an unknown name is refused listing
+        the known ones (:func:`mobileone_tf.hub.backbone.check_preset_name`)."""
+        check_preset_name(cls, preset)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
 def load_classifier_weights(classifier, path):

@@ -18,9 +18,8 @@ import keras
 
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import variants
+from mobileone_tf.weights.presets import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_NAME = "predictions"
 
 

@@ -4,17 +4,20 @@ Apple publishes (ml-mobileone README) two PyTorch checkpoints per variant at
 ``https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/``:
 ``mobileone_sN.pth.tar`` (fused, inference form) and
 ``mobileone_sN_unfused.pth.tar`` (branched, training-time form).
-:data:`CHECKPOINTS` lists them (also in ``checkpoints/manifest.json``).
+:data:`CHECKPOINTS` lists them: the rows of the preset table
+(:mod:`mobileone_tf.weights.presets`, also ``checkpoints/manifest.json``).
 
 :func:`imagenet_weights_path` resolves, in this order, for each candidate
 checkpoint (a branched model prefers the unfused checkpoint, a fused model
-the fused one; either can serve the other form):
+the fused one; either can serve the other form; :func:`preset_weights_path`
+resolves exactly one preset's file):
 
 1. the Keras cache: ``$KERAS_HOME/models/mobileone_tf/<name>.weights.h5``,
    ported by an earlier call (:func:`mobileone_tf.weights.download.keras_cache_dir`);
 2. a local mirror folder named by the environment variable
    ``MOBILEONE_TF_CHECKPOINTS`` holding files under Apple's names (their
-   sha256 is checked where :data:`CHECKPOINTS` knows it);
+   sha256 is checked where known: :func:`mobileone_tf.weights.presets.sha256_for`,
+   the table's or one the user supplies in ``$MOBILEONE_TF_SHA256``);
 3. a download with ``keras.utils.get_file``.
 
 The checkpoint is ported once (:func:`mobileone_tf.weights.port_checkpoint`)
@@ -39,31 +42,19 @@ from mobileone_tf import variants
 from mobileone_tf.weights import download
 from mobileone_tf.weights.h5 import read_weights_h5, write_weights_h5
 from mobileone_tf.weights.layouts import check_state, port_checkpoint
+from mobileone_tf.weights.presets import PRESETS, find_preset, get_preset, sha256_for
 
-BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
-
-_KNOWN_SHA256 = {
-    "mobileone_s0.pth.tar":
-        "968b1f851cee94b5516f68b50c710a74a6d60d5b1759bbf53528b7b860cc6a97",
-}
-
-
-def _entry(variant, form):
-    file = f"mobileone_{variant}{'' if form == 'fused' else '_unfused'}.pth.tar"
-    return {"variant": variant, "form": form, "file": file, "url": BASE_URL + file,
-            "sha256": _KNOWN_SHA256.get(file)}
-
-
-CHECKPOINTS = [_entry(v, f) for v in variants.VARIANTS for f in ("fused", "branched")]
-"""Apple's official ImageNet-1k checkpoints: dicts with ``variant``, ``form``
-(``"fused"``/``"branched"``), ``file``, ``url`` and ``sha256`` (None where
-unknown). Mirrored in ``checkpoints/manifest.json``."""
+CHECKPOINTS = [p.as_dict() for p in PRESETS.values()]
+"""Apple's official ImageNet-1k checkpoints, the rows of
+:data:`mobileone_tf.weights.presets.PRESETS` as dicts: ``name`` (the preset),
+``variant``, ``form`` (``"fused"``/``"branched"``), ``file``, ``url``,
+``sha256`` (None where unknown), ``license``, the eval transform and
+``top1``. The ``"presets"`` of ``checkpoints/manifest.json``."""
 
 
 def _candidates(variant, fused):
     order = ("fused", "branched") if fused else ("branched", "fused")
-    return [e for form in order for e in CHECKPOINTS
-            if e["variant"] == variant and e["form"] == form]
+    return [find_preset(variant, form).as_dict() for form in order]
 
 
 def _ported_name(entry) -> str:
@@ -142,7 +133,29 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
             unusable cache file that cannot be deleted (named).
     """
     v = variants.get_variant(variant).name
-    entries = _candidates(v, fused)
+    return _resolve(_candidates(v, fused), f"ImageNet weights for MobileOne-{v.upper()}")
+
+
+def preset_weights_path(name) -> str:
+    """Path of the ported ``.weights.h5`` of exactly one preset's checkpoint
+    (no fallback to the other form), resolved as :func:`imagenet_weights_path`
+    does (cache, ``$MOBILEONE_TF_CHECKPOINTS``, download).
+
+    Args:
+        name: a preset name of :data:`mobileone_tf.weights.presets.PRESETS`
+            (``"mobileone_s0_imagenet"``, ``"mobileone_s0_unfused_imagenet"``...).
+
+    Raises:
+        ValueError: an unknown name (the known ones listed), and as
+            :func:`imagenet_weights_path`.
+        FileNotFoundError: as :func:`imagenet_weights_path`.
+    """
+    preset = get_preset(name)
+    return _resolve([preset.as_dict()], f"The weights of preset {preset.name}")
+
+
+def _resolve(entries, what) -> str:
+    """Cache -> mirror -> download for the checkpoints ``entries`` (in order)."""
     cache = download.cache_dir()
     notes = []
     for entry in entries:  # 1. Keras cache (checked; an unusable port is deleted)
@@ -153,13 +166,13 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
                 return path
             notes.append(_discard(path, problem))
     for entry in entries:  # 2. local mirror (sha256-checked)
-        src = download.mirror_file(entry["file"], entry["sha256"], entry["url"])
+        src = download.mirror_file(entry["file"], sha256_for(entry["name"]), entry["url"])
         if src:
             return _port_to_cache(entry, src)
     errors = []
     for entry in entries:  # 3. download
         try:
-            src = download.download_file(entry["file"], entry["url"], entry["sha256"])
+            src = download.download_file(entry["file"], entry["url"], sha256_for(entry["name"]))
         except Exception as e:  # offline, HTTP error, hash mismatch
             errors.append(f"{entry['url']}: {e}")
             continue
@@ -171,7 +184,7 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
     first = entries[0]
     raise FileNotFoundError(
         "".join(f"{note}. " for note in notes)
-        + f"ImageNet weights for MobileOne-{v.upper()}: download {first['url']}"
+        + f"{what}: download {first['url']}"
         + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
         + f" and put it, under that name, in the folder named by ${download.ENV_MIRROR} "
         f"(currently {download.mirror_dir() or 'unset'}), or pass weights=PATH to the file. "
