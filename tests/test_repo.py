@@ -230,7 +230,7 @@ def test_tests_do_not_import_scripts():
 
 def test_import_is_light():
     code = ("import sys, mobileone_tf, mobileone_tf.fileio, mobileone_tf.cli, "
-            "mobileone_tf.variants; "
+            "mobileone_tf.variants, mobileone_tf.state_keys; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
