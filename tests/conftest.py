@@ -119,3 +119,30 @@ def shared_data():
 def test_tmp():
     """The session's temporary root (already KERAS_HOME's parent)."""
     return _TMP
+
+
+@pytest.fixture(scope="session")
+def metadata_writer():
+    """MediaPipe's TFLite metadata writer in the session's Keras cache (or
+    ``$MOBILEONE_TF_MEDIAPIPE_DIR``), installed through the package's explicit
+    install (``python -m mobileone_tf.export.mediapipe_install``: the test
+    suite asks for it; an export never installs it). The folder, or ``None``
+    when pip cannot install it: an export with metadata then fails with the
+    package's one-line error, and the tests that read metadata skip (fail
+    under CI) through ``tests/mediapipe_tasks.mediapipe_folder``."""
+    from mobileone_tf.export import ExportError, metadata
+    try:
+        return metadata.install_mediapipe()
+    except ExportError:
+        return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _metadata_writer_for_tflite_modules(request):
+    """Test modules that export ``.tflite`` files (their source names
+    ``tflite``) get :func:`metadata_writer` first, since a ``.tflite`` export
+    carries metadata by default (subprocesses find it through
+    ``$KERAS_HOME``)."""
+    path = getattr(request.module, "__file__", None)
+    if path and "tflite" in pathlib.Path(path).read_text(errors="ignore"):
+        request.getfixturevalue("metadata_writer")

@@ -28,13 +28,14 @@ SCRIPT = os.path.abspath(__file__)
 
 
 def mediapipe_folder():
-    """The MediaPipe folder (``$MOBILEONE_TF_MEDIAPIPE_DIR`` or installed into
-    the session's Keras cache); skips the test (fails it under CI) when pip
-    cannot install it."""
+    """The MediaPipe folder (``$MOBILEONE_TF_MEDIAPIPE_DIR``, or installed into
+    the session's Keras cache by the package's explicit install,
+    ``python -m mobileone_tf.export.mediapipe_install``: the test suite asks
+    for it); skips the test (fails it under CI) when pip cannot install it."""
     from tests.conftest import missing_reference
     from mobileone_tf.export import ExportError, metadata
     try:
-        return metadata.mediapipe_dir()
+        return metadata.install_mediapipe()
     except ExportError as e:
         missing_reference(f"MediaPipe unavailable (no PyPI?): {e}")
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import pytest
 
@@ -40,3 +41,70 @@ def test_permissions_follow_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(p).st_mode & 0o777 == 0o644
+
+
+# --- folders (issue 24): one atomic directory install -------------------------
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_atomic_dir_installs_with_umask_permissions(tmp_path):
+    """A folder appears complete in one rename, with 0777 minus the umask
+    (tempfile.mkdtemp alone would give 0700)."""
+    target = tmp_path / "deep" / "preset"
+    old = os.umask(0o022)
+    try:
+        with fileio.atomic_dir(target) as staged:
+            assert not target.exists()  # nothing at the target while writing
+            (pathlib.Path(staged) / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert _tree(target.parent) == ["preset", "preset/config.json"]
+    assert os.stat(target).st_mode & 0o777 == 0o755
+
+
+def test_atomic_dir_refuses_or_replaces_an_existing_folder(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="out exists"):
+        with fileio.atomic_dir(target):
+            raise AssertionError("not reached: refused before the block")
+    with fileio.atomic_dir(target, overwrite=True) as staged:
+        (pathlib.Path(staged) / "new.txt").write_text("new")
+    assert _tree(tmp_path) == ["out", "out/new.txt"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failure_or_interrupt_leaves_the_old_folder_and_nothing_else(tmp_path, error):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(type(error)):
+        with fileio.atomic_dir(target, overwrite=True) as staged:
+            (pathlib.Path(staged) / "half.txt").write_text("half")
+            raise error
+    assert _tree(tmp_path) == ["out", "out/old.txt"]
+
+
+def test_install_dir_puts_the_old_target_back_when_the_move_fails(tmp_path, monkeypatch):
+    target, staged = tmp_path / "out", tmp_path / "staged"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staged.mkdir()
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src) == str(staged):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        fileio.install_dir(staged, target)
+    monkeypatch.undo()
+    assert _tree(tmp_path) == ["out", "out/old.txt", "staged"]
+    with pytest.raises(FileExistsError):
+        fileio.install_dir(staged, target, overwrite=False)
+    assert fileio.install_dir(staged, target) == str(target)
+    assert _tree(tmp_path) == ["out"]

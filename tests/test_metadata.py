@@ -3,8 +3,9 @@ independent reader: MediaPipe's ``MetadataDisplayer`` (its flatbuffer schema
 and associated-file unpacking) in a subprocess, and MediaPipe Tasks'
 ``ImageClassifier``, which refuses a float model without
 ``NormalizationOptions``. Random-weight S0 (no ../shared/data needed);
-MediaPipe is installed into the session's Keras cache (or taken from
-``$MOBILEONE_TF_MEDIAPIPE_DIR``), skipped when pip cannot reach PyPI.
+MediaPipe is installed into the session's Keras cache by the explicit install
+(or taken from ``$MOBILEONE_TF_MEDIAPIPE_DIR``), skipped when pip cannot
+reach PyPI; an export never installs it by itself.
 """
 
 import os
@@ -150,8 +151,9 @@ def test_nometadata_and_other_models(folder, tiny, tmp_path):
 
 
 def test_failures_leave_nothing(tiny, tmp_path, monkeypatch):
-    """A writer that fails, or a MediaPipe pip cannot install: one-line
-    ExportError (the pip command and --nometadata in it), nothing written."""
+    """A writer that fails, or no MediaPipe: one-line ExportError (the install
+    command, the offline route and --nometadata in it), nothing written and
+    nothing installed by the export itself."""
     broken = tmp_path / "broken" / "mediapipe"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
@@ -162,14 +164,31 @@ def test_failures_leave_nothing(tiny, tmp_path, monkeypatch):
         export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32)
     assert not list(out.iterdir())
     monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "empty"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing, as offline
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
     with pytest.raises(export.ExportError) as e:
         export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32)
     message = str(e.value)
     assert "\n" not in message and "--nometadata" in message, message
-    assert metadata.install_command(tmp_path / "empty") in message, message
+    assert "python -m mobileone_tf.export.mediapipe_install" in message, message
+    assert "offline" in message and metadata.ENV_DIR in message, message
     assert not list(out.iterdir()) and not (tmp_path / "empty").exists()
+
+
+def test_install_command_offline(tmp_path):
+    """``python -m mobileone_tf.export.mediapipe_install`` where pip reaches
+    no index: one ``error:`` line (offline, the pip command, --nometadata),
+    exit status 1, no folder and no staging folder left."""
+    target = tmp_path / "mp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PIP_NO_INDEX="1", PIP_FIND_LINKS="",
+               **{metadata.ENV_DIR: str(target)})
+    proc = subprocess.run([sys.executable, "-m", "mobileone_tf.export.mediapipe_install"],
+                          cwd=tmp_path, env=env, check=False, capture_output=True, text=True,
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+    for words in ("could not install", "offline", "pip install --no-deps --target DIR",
+                  "--nometadata"):
+        assert words in errors[0], errors[0]
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
 def test_worker_imports_no_tensorflow(folder):

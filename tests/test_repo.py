@@ -35,24 +35,24 @@ PACKAGE = ROOT / "mobileone_tf"
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
 
-def _modules():
+def _modules(root=ROOT):
     """{dotted module name: path} of every module of the package."""
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for path in sorted((root / "mobileone_tf").rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
     return out
 
 
-def _imports(path, module, top_level_only):
+def _imports(path, module, top_level_only, mods=None):
     """Package modules imported by ``path`` (``from x import y`` counts as
     ``x.y`` when that is a module); function-level imports only when
     ``top_level_only`` is False."""
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else list(ast.walk(tree))
-    mods = _modules()
+    mods = _modules() if mods is None else mods
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -94,11 +94,30 @@ def _cycle(graph):
     return None
 
 
+def _module_graph(root=ROOT):
+    mods = _modules(root)
+    return {m: {i for i in _imports(p, m, top_level_only=False, mods=mods)
+                if not m.startswith(i + ".")} for m, p in mods.items()}
+
+
 def test_no_import_cycle_between_modules():
-    mods = _modules()
-    graph = {m: {i for i in _imports(p, m, top_level_only=True) if not m.startswith(i + ".")}
-             for m, p in mods.items()}
+    """No module cycle, counting imports inside functions too."""
+    graph = _module_graph()
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_cycle_check_sees_function_level_imports(tmp_path):
+    """The check above can fail: a function-level import that closes a cycle
+    (models.state importing builders at the top, builders importing state
+    inside a function, as before issue 24) is found."""
+    pkg = tmp_path / "mobileone_tf"
+    (pkg / "models").mkdir(parents=True)
+    for name in ("__init__.py", "models/__init__.py"):
+        (pkg / name).write_text("")
+    (pkg / "models" / "state.py").write_text("from mobileone_tf.models.builders import X\n")
+    (pkg / "models" / "builders.py").write_text(
+        "X = 1\n\ndef f():\n    from mobileone_tf.models.state import load\n")
+    assert _cycle(_module_graph(tmp_path)) is not None
 
 
 def test_no_import_cycle_between_subpackages():
@@ -112,6 +131,57 @@ def test_no_import_cycle_between_subpackages():
             if unit(i) != unit(m):
                 graph.setdefault(unit(m), set()).add(unit(i))
     assert _cycle(graph) is None, f"subpackage cycle: {' -> '.join(_cycle(graph))}"
+
+
+STATE_KEY_LITERAL = re.compile(
+    r"(^|/)(conv_kxk|conv_scale|identity|reparam|se|bn|head)/"
+    r"|/(conv_kxk|conv_scale|identity|reparam|se|reduce|expand|head|kernel|bias|gamma|beta"
+    r"|moving_mean|moving_variance)($|/)")
+"""A piece of a flat weight-state key (``stem/conv_kxk/0/bn/gamma``,
+``head/kernel``, ``"/reparam/kernel"`` ...) spelled in a string."""
+
+
+def _code_strings(tree):
+    """``(line, text)`` of the string constants of a module, f-string pieces
+    included, docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    for i, node in enumerate(getattr(tree, "body", ())):  # attribute docstrings
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and i:
+            docstrings.add(id(node.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_state_key_literals_only_in_the_schema_module():
+    """The flat state keys are built and parsed by ``mobileone_tf/state_keys.py``
+    alone: no other module (or script) spells a piece of one in a string."""
+    found = []
+    for path in list(PACKAGE.rglob("*.py")) + SCRIPTS:
+        if path == PACKAGE / "state_keys.py":
+            continue
+        for line, text in _code_strings(ast.parse(path.read_text())):
+            if STATE_KEY_LITERAL.search(text):
+                found.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
+    assert not found, "state-key literals outside state_keys.py:\n" + "\n".join(found)
+
+
+def test_state_key_literal_check_can_fail():
+    """The pattern above finds the spellings this package used before issue 24."""
+    code = ('state[f"{name}/reparam/kernel"] = 1\n'
+            'x = state["head/kernel"]\n'
+            'pairs = [("se/reduce", a), (f"conv_kxk/{i}/bn", b)]\n'
+            'm = {"running_var": "moving_variance"}\n'
+            'def f():\n    """head/kernel in a docstring is fine."""\n')
+    hits = sorted(text for _, text in _code_strings(ast.parse(code))
+                  if STATE_KEY_LITERAL.search(text))
+    assert hits == ["/reparam/kernel", "conv_kxk/", "head/kernel", "se/reduce"], hits
 
 
 def test_module_sizes():
@@ -169,7 +239,7 @@ def test_tests_do_not_import_scripts():
 
 def test_import_is_light():
     code = ("import sys, mobileone_tf, mobileone_tf.fileio, mobileone_tf.cli, "
-            "mobileone_tf.variants; "
+            "mobileone_tf.variants, mobileone_tf.state_keys; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

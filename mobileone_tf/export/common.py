@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shutil
-import signal
-import threading
-import uuid
 
 import numpy as np
 
@@ -189,82 +184,16 @@ def check_labels_output(output, overwrite, names=None):
 # ---------------------------------------------------------------------------
 # staging and atomic install
 # ---------------------------------------------------------------------------
-_STAGING = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_staging(output):
-    """Removes the staging folders of ``output`` left by a process that no
-    longer runs (killed by SIGKILL or the OOM killer, which no ``finally``
-    survives); returns their paths. A folder of a live process is kept."""
-    parent = os.path.dirname(os.path.abspath(output))
-    prefix = f".{os.path.basename(output)}.tmp-"
-    removed = []
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return removed
-    for name in names:
-        m = _STAGING.search(name)
-        if name.startswith(prefix) and m and int(m.group(1)) != os.getpid() \
-                and not _alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed.append(os.path.join(parent, name))
-    return removed
-
-
-def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def staging(output):
-    """A temporary folder ``.<name>.tmp-<pid>-<hex>`` beside ``output``
-    (same filesystem, so os.replace is atomic), removed afterwards whatever
-    happens: any exception, Ctrl-C, and SIGTERM (turned into ``SystemExit(143)``
-    while the folder exists, in the main thread). Folders left by a killed
-    process (SIGKILL) are removed by the next export to the same output
-    (:func:`remove_stale_staging`)."""
-    remove_stale_staging(output)
-    parent = os.path.dirname(os.path.abspath(output))
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{os.getpid()}-"
-                               f"{uuid.uuid4().hex[:8]}")
-    previous = None
-    if threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        os.makedirs(tmp)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+staging = fileio.staging_dir
+"""The staging folder of an output (:func:`mobileone_tf.fileio.staging_dir`)."""
+remove_stale_staging = fileio.remove_stale_staging
 
 
 def install(staged, output):
-    """Moves ``staged`` (file or folder) to ``output``, replacing it."""
-    if os.path.isdir(staged) and os.path.lexists(output):
-        old = f"{output}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(output, old)
-        try:
-            os.replace(staged, output)
-        except BaseException:
-            os.replace(old, output)
-            raise
-        if os.path.isdir(old):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.remove(old)
+    """Moves ``staged`` (file or folder) to ``output``, replacing it: a file
+    with ``os.replace``, a folder with :func:`mobileone_tf.fileio.install_dir`."""
+    if os.path.isdir(staged):
+        fileio.install_dir(staged, output, overwrite=True)
     else:
         os.replace(staged, output)
 

@@ -23,7 +23,10 @@ on a MobileOne) that is the identity, so raw camera pixels are the tensor
 MediaPipe (the writer and the reader) runs in a subprocess
 (``python -m mobileone_tf.export.metadata_worker``) with ``PYTHONPATH`` set
 to a folder holding ``mediapipe`` and absl-py 2.x (:func:`mediapipe_dir`):
-the main environment pins absl-py 1.4.0 for TFMOT. Imports no TensorFlow.
+the main environment pins absl-py 1.4.0 for TFMOT. That folder is installed
+only when the user asks (``python -m mobileone_tf.export.mediapipe_install``,
+:func:`install_mediapipe`); without it an export with metadata stops with one
+line that gives the command. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import uuid
 
+from mobileone_tf import fileio
 from mobileone_tf.export.common import AUTHOR, DEFAULT_LICENSE, LABELS_FILE, ExportError
 
 ENV_DIR = "MOBILEONE_TF_MEDIAPIPE_DIR"
@@ -46,6 +50,7 @@ embedder need nothing else that the main environment lacks (numpy,
 matplotlib and certifi come with this package's own requirements; OpenCV,
 used only by MediaPipe's drawing utilities, is stubbed by the worker)."""
 WORKER = "mobileone_tf.export.metadata_worker"
+INSTALLER = "mobileone_tf.export.mediapipe_install"
 INSTALL_TIMEOUT_S = 600
 
 
@@ -56,58 +61,91 @@ def default_dir() -> str:
                         f"mediapipe-{MEDIAPIPE_VERSION}")
 
 
-def install_command(folder) -> str:
-    """The pip command that installs MediaPipe's metadata writer into ``folder``."""
+def mediapipe_folder() -> str:
+    """Where MediaPipe is looked for and installed: ``$MOBILEONE_TF_MEDIAPIPE_DIR``
+    when set, else :func:`default_dir` (absolute)."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(ENV_DIR) or default_dir()))
+
+
+def install_command() -> str:
+    """The command that installs MediaPipe's metadata writer into
+    :func:`mediapipe_folder` (:func:`install_mediapipe`)."""
+    return shlex.join([sys.executable, "-m", INSTALLER])
+
+
+def pip_command(folder) -> str:
+    """The plain pip command that installs MediaPipe's metadata writer into
+    ``folder`` (e.g. on a machine that reaches PyPI, for an offline one)."""
     return shlex.join([sys.executable, "-m", "pip", "install", "--no-deps", "--target",
                        str(folder), *REQUIREMENTS])
 
 
-def _installed(folder) -> bool:
+def installed(folder) -> bool:
+    """Whether ``folder`` holds ``mediapipe``."""
     return os.path.isfile(os.path.join(folder, "mediapipe", "__init__.py"))
 
 
-def mediapipe_dir(install=True) -> str:
-    """The folder that holds ``mediapipe`` for the worker: ``$MOBILEONE_TF_MEDIAPIPE_DIR``
-    when set, else :func:`default_dir`; installed there on first use (pip,
-    ``--no-deps``, about 45 MB download, 130 MB on disk; a message on stderr)
-    when ``install``.
+def _hint() -> str:
+    return (f"install it once with `{install_command()}` (offline: run `{pip_command('DIR')}` "
+            f"where PyPI is reachable, copy DIR here and set {ENV_DIR}=DIR), or skip the "
+            "metadata with --nometadata (metadata=False)")
+
+
+def mediapipe_dir() -> str:
+    """The folder that holds ``mediapipe`` for the worker (:func:`mediapipe_folder`).
+    Nothing is installed here: that is :func:`install_mediapipe`, on request.
 
     Raises:
-        ExportError: not installed and ``install`` is False, or pip failed
-            (the message gives the pip command and ``--nometadata``).
+        ExportError: MediaPipe is not installed there (one line: the install
+            command, what to do offline, and ``--nometadata``).
     """
-    folder = os.path.abspath(os.path.expanduser(os.environ.get(ENV_DIR) or default_dir()))
-    if _installed(folder):
+    folder = mediapipe_folder()
+    if not installed(folder):
+        raise ExportError(f"MediaPipe's TFLite metadata writer is not installed in {folder}: "
+                          + _hint())
+    return folder
+
+
+def install_mediapipe() -> str:
+    """Installs MediaPipe's metadata writer (:data:`REQUIREMENTS`, pip
+    ``--no-deps``, about 45 MB download, 130 MB on disk) into
+    :func:`mediapipe_folder` and returns the folder; an installed one is kept.
+    The folder is written beside its place and moved there in one rename
+    (:func:`mobileone_tf.fileio.atomic_dir`): never half-installed. Run by
+    ``python -m mobileone_tf.export.mediapipe_install``.
+
+    Raises:
+        ExportError: pip failed, e.g. offline (one line: pip's error, the
+            offline route and ``--nometadata``), or the folder exists and
+            holds something else.
+    """
+    folder = mediapipe_folder()
+    if installed(folder):
         return folder
-    hint = (f"install it with `{install_command(folder)}`"
-            + ("" if os.environ.get(ENV_DIR) else f" (or set {ENV_DIR} to a folder holding it)")
-            + ", or skip the metadata with metadata=False (--nometadata)")
-    if not install:
-        raise ExportError(f"MediaPipe's metadata writer is not installed in {folder}: {hint}")
-    parent = os.path.dirname(folder)
-    staging = os.path.join(parent, f".{os.path.basename(folder)}.tmp-{uuid.uuid4().hex[:8]}")
-    print(f"Installing MediaPipe {MEDIAPIPE_VERSION} (TFLite metadata writer, ~45 MB) into "
-          f"{folder} ...", file=sys.stderr, flush=True)
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)  # an empty folder made for it
     try:
-        os.makedirs(parent, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
-                   "--disable-pip-version-check", "--quiet", "--retries", "1", "--timeout", "30",
-                   "--target", staging, *REQUIREMENTS]
-        proc = subprocess.run(command, check=False, capture_output=True, text=True,
-                              timeout=INSTALL_TIMEOUT_S)
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip().startswith("ERROR")]
-            raise OSError((lines or proc.stderr.strip().splitlines() or ["pip failed"])[-1])
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not _installed(folder):  # not a concurrent install that won the race
-                raise
+        with fileio.atomic_dir(folder) as staged:
+            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
+                       "--disable-pip-version-check", "--quiet", "--retries", "1",
+                       "--timeout", "30", "--target", staged, *REQUIREMENTS]
+            proc = subprocess.run(command, check=False, capture_output=True, text=True,
+                                  timeout=INSTALL_TIMEOUT_S)
+            if proc.returncode != 0:
+                lines = [ln for ln in proc.stderr.splitlines()
+                         if ln.strip().startswith("ERROR")]
+                raise OSError((lines or proc.stderr.strip().splitlines() or ["pip failed"])[-1])
+    except FileExistsError as e:
+        if installed(folder):  # a concurrent install won the race
+            return folder
+        raise ExportError(f"{folder} exists and holds no MediaPipe: remove it or set "
+                          f"{ENV_DIR} to another folder") from e
     except (OSError, subprocess.SubprocessError) as e:
         raise ExportError(f"could not install MediaPipe's metadata writer into {folder} "
-                          f"({' '.join(str(e).split())}); {hint}") from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                          f"(pip: {' '.join(str(e).split())}); offline? run "
+                          f"`{pip_command('DIR')}` where PyPI is reachable, copy DIR here and set "
+                          f"{ENV_DIR}=DIR, or skip the metadata with --nometadata "
+                          "(metadata=False)") from e
     return folder
 
 
@@ -233,7 +271,8 @@ def add_tflite_metadata(staged, fixed, labels, inputs, outputs) -> dict:
     ``raw_pixel_input``, ``mediapipe_dir``).
 
     Raises:
-        ExportError: MediaPipe cannot be installed, or the writer failed.
+        ExportError: MediaPipe is not installed (:func:`mediapipe_dir`), or
+            the writer failed.
     """
     folder = mediapipe_dir()
     base = f"{staged}.metadata-{uuid.uuid4().hex[:8]}"

@@ -240,8 +240,9 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
             ``class_names``; its line count must equal the classes).
         metadata: pack TFLite metadata into the file (name, version,
             licence, input normalization, RGB, labels:
-            :mod:`.metadata`; MediaPipe is installed on first use);
-            ``False`` skips it (works offline).
+            :mod:`.metadata`; needs MediaPipe's writer, installed once with
+            ``python -m mobileone_tf.export.mediapipe_install``);
+            ``False`` skips it (works without it).
 
     Returns:
         ``(path, report)``; the report has ``ops`` (builtin op counts),
@@ -275,7 +276,7 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
     class_names = check_classes(model, output, overwrite, labels, class_names)
     several = isinstance(model.output, dict)  # pyramid levels: MediaPipe's writers take one
     if metadata and not several:
-        mediapipe_dir()  # installed (or a clear error) before any conversion work
+        mediapipe_dir()  # MediaPipe there (or a clear error) before any conversion work
     job = start("tflite", model, output, quantize=quantize, fuse=fuse,
                 batch_size=batch_size, input_size=input_size, names=class_names,
                 outputs=outputs, fold=fold)

@@ -14,11 +14,10 @@ KerasHub's ``from_preset``): KerasHub's own
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import tempfile
 
+from mobileone_tf import fileio
 from mobileone_tf import models as mo_models
+from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
 from mobileone_tf.hub.backbone import MobileOneBackbone
 from mobileone_tf.hub.preset_files import CONFIG, TASK, check_preset
@@ -55,40 +54,26 @@ def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=
     output_dir = os.fspath(output_dir)
     if os.path.lexists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} exists (pass overwrite=True to replace it)")
-    state, what = mo_models.read_state(checkpoint, variant=variant)
+    found = mo_models.read_state_file(checkpoint, variant=variant)
+    state = found.state
     if state is None:
         raise ValueError(f"{checkpoint}: not a MobileOne checkpoint")
-    found = variant or _variant_of(what)
-    backbone = MobileOneBackbone(found, fused=fused)
+    if variant is None and found.variant is None:
+        raise ValueError(f"cannot tell the variant of {checkpoint} (it holds "
+                         f"{found.description}): pass variant=")
+    backbone = MobileOneBackbone(variants.get_variant(variant or found.variant).name,
+                                 fused=fused)
     model = backbone
-    if "head/kernel" in state:
+    if sk.HEAD_KERNEL in state:
         model = MobileOneImageClassifier(
-            backbone=backbone, num_classes=int(state["head/kernel"].shape[-1]),
+            backbone=backbone, num_classes=int(state[sk.HEAD_KERNEL].shape[-1]),
             preprocessor=MobileOneImageClassifierPreprocessor(MobileOneImageConverter()))
         load_classifier_weights(model, checkpoint)
     else:
         mo_models.assign_state(backbone, state)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    with fileio.atomic_dir(output_dir, overwrite=overwrite) as staged:
         model.save_to_preset(staged)
-        if os.path.lexists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staged, output_dir)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return output_dir
-
-
-def _variant_of(description):
-    """The variant named by :func:`mobileone_tf.models.read_state`'s
-    description (``"MobileOne-S0 (fused, apple layout)"``)."""
-    match = re.match(r"MobileOne-(S\d)\b", description or "")
-    if not match:
-        raise ValueError(f"cannot tell the variant of a checkpoint holding {description!r}: "
-                         "pass variant=")
-    return variants.get_variant(match.group(1)).name
 
 
 def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False):

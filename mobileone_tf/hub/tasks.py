@@ -8,6 +8,7 @@ import keras
 import keras_hub
 
 from mobileone_tf import models as mo_models
+from mobileone_tf import state_keys as sk
 from mobileone_tf.hub.backbone import MobileOneBackbone, check_preset_name
 from mobileone_tf.weights.presets import EVAL_IMAGE_SIZE
 
@@ -77,14 +78,14 @@ def load_classifier_weights(classifier, path):
     if state is None:
         raise ValueError(f"{path}: not a MobileOne weights file (plain Keras weights load "
                          "with classifier.load_weights)")
-    head = [state.get("head/kernel"), state.get("head/bias")]
+    head = [state.get(sk.HEAD_KERNEL), state.get(sk.HEAD_BIAS)]
     dense = classifier.output_dense
     if head[0] is None or head[1] is None:
-        raise ValueError(f"{path} holds {what} weights without a classifier (head/kernel, "
-                         "head/bias)")
+        raise ValueError(f"{path} holds {what} weights without a classifier "
+                         f"({sk.HEAD_KERNEL}, {sk.HEAD_BIAS})")
     expected = [tuple(w.shape) for w in dense.weights]
     if [tuple(h.shape) for h in head] != expected:
-        raise ValueError(f"{path}: classifier head/kernel, head/bias have shapes "
+        raise ValueError(f"{path}: classifier {sk.HEAD_KERNEL}, {sk.HEAD_BIAS} have shapes "
                          f"{[tuple(h.shape) for h in head]}, the model's 'predictions' layer "
                          f"{expected}")
     mo_models.assign_state(classifier.backbone, state)

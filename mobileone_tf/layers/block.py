@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import keras
 
+from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
 from mobileone_tf.layers.assign import assign_layers, layer_state
 from mobileone_tf.layers.folding import (BN_EPSILON, BN_MOMENTUM, branched_state_from_fused,
@@ -210,22 +211,22 @@ class MobileOneBlock(keras.layers.Layer):
                              "call it on an input first.")
         pairs = []
         for i, (conv, bn) in enumerate(zip(self.conv_kxk, self.bn_kxk)):
-            pairs += [(f"conv_kxk/{i}", conv), (f"conv_kxk/{i}/bn", bn)]
+            pairs += [(sk.kxk(i), conv), (sk.kxk_bn(i), bn)]
         if self.conv_scale is not None:
-            pairs += [("conv_scale", self.conv_scale), ("conv_scale/bn", self.bn_scale)]
+            pairs += [(sk.CONV_SCALE, self.conv_scale), (sk.SCALE_BN, self.bn_scale)]
         if self.identity is not None:
-            pairs.append(("identity", self.identity))
+            pairs.append((sk.IDENTITY, self.identity))
         if self.use_se:
-            pairs += [("se/reduce", self.se_reduce), ("se/expand", self.se_expand)]
+            pairs += [(sk.SE_REDUCE, self.se_reduce), (sk.SE_EXPAND, self.se_expand)]
         return pairs
 
     def _branch_pairs(self):
-        return [p for p in self.weight_pairs() if not p[0].startswith("se/")]
+        return [p for p in self.weight_pairs() if not sk.is_se(p[0])]
 
     def get_state(self) -> dict:
-        """All weights as numpy arrays keyed ``conv_kxk/0/kernel``,
-        ``conv_kxk/0/bn/gamma``, ..., ``conv_scale/...``, ``identity/...``,
-        ``se/reduce/kernel`` ... (Keras layouts: HWIO, depthwise HWC1)."""
+        """All weights as numpy arrays keyed by the relative keys of
+        :mod:`mobileone_tf.state_keys` (``conv_kxk/0/kernel``,
+        ``conv_kxk/0/bn/gamma``, ...; Keras layouts: HWIO, depthwise HWC1)."""
         return layer_state(self.weight_pairs())
 
     def set_state(self, state: dict):

@@ -7,22 +7,22 @@ folding; Apple's ml-mobileone ``MobileOneBlock._get_kernel_bias``).
 
 Kernels use Keras layouts: ``(kh, kw, in, out)`` for ``Conv2D`` and
 ``(kh, kw, channels, 1)`` for ``DepthwiseConv2D``. A block *state* is a flat
-dict of arrays keyed ``conv_kxk/{i}/kernel``, ``conv_kxk/{i}/bn/{gamma, beta,
-moving_mean, moving_variance}``, optionally ``conv_scale/kernel``,
-``conv_scale/bn/...`` and ``identity/{gamma, ...}``. No TensorFlow here.
+dict of arrays keyed by the relative keys of :mod:`mobileone_tf.state_keys`
+(``conv_kxk/{i}/kernel``, ``conv_kxk/{i}/bn/gamma`` ...). No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mobileone_tf import state_keys as sk
+from mobileone_tf.state_keys import BN_KEYS
+
 BN_EPSILON = 1e-5
 """BatchNorm epsilon (PyTorch's default, as in Apple's and timm's code)."""
 
 BN_MOMENTUM = 0.9
 """Keras BatchNorm momentum equal to PyTorch's ``momentum=0.1``."""
-
-BN_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def fold_batchnorm(kernel, bn: dict, depthwise: bool, epsilon: float = BN_EPSILON):
@@ -61,7 +61,7 @@ def identity_kernel(channels: int, kernel_size: int, depthwise: bool):
 
 
 def _bn(state: dict, prefix: str) -> dict:
-    return {k: state[f"{prefix}/{k}"] for k in BN_KEYS}
+    return dict(zip(BN_KEYS, (state[k] for k in sk.bn_keys(prefix))))
 
 
 def fused_kernel_bias(state: dict, depthwise: bool, epsilon: float = BN_EPSILON):
@@ -81,24 +81,24 @@ def fused_kernel_bias(state: dict, depthwise: bool, epsilon: float = BN_EPSILON)
     Raises:
         ValueError: the state has no ``conv_kxk`` branch.
     """
-    num = len({k.split("/")[1] for k in state if k.startswith("conv_kxk/")})
+    num = len(sk.kxk_indices(state))
     if num == 0:
-        raise ValueError(f"Block state has no conv_kxk branch: keys {sorted(state)}")
+        raise ValueError(f"Block state has no {sk.CONV_KXK} branch: keys {sorted(state)}")
     kernel = bias = 0.0
     for i in range(num):
-        k, b = fold_batchnorm(state[f"conv_kxk/{i}/kernel"], _bn(state, f"conv_kxk/{i}/bn"),
+        k, b = fold_batchnorm(state[sk.join(sk.kxk(i), sk.KERNEL)], _bn(state, sk.kxk_bn(i)),
                               depthwise, epsilon)
         kernel, bias = kernel + k, bias + b
     ksize = kernel.shape[0]
-    if "conv_scale/kernel" in state:
-        k, b = fold_batchnorm(state["conv_scale/kernel"], _bn(state, "conv_scale/bn"),
-                              depthwise, epsilon)
+    scale = sk.join(sk.CONV_SCALE, sk.KERNEL)
+    if scale in state:
+        k, b = fold_batchnorm(state[scale], _bn(state, sk.SCALE_BN), depthwise, epsilon)
         p = (ksize - k.shape[0]) // 2
         kernel = kernel + np.pad(k, ((p, p), (p, p), (0, 0), (0, 0)))
         bias = bias + b
-    if "identity/gamma" in state:
+    if sk.bn_keys(sk.IDENTITY)[0] in state:
         k, b = fold_batchnorm(identity_kernel(kernel.shape[2], ksize, depthwise),
-                              _bn(state, "identity"), depthwise, epsilon)
+                              _bn(state, sk.IDENTITY), depthwise, epsilon)
         kernel, bias = kernel + k, bias + b
     return kernel, bias
 
@@ -122,15 +122,16 @@ def branched_state_from_fused(kernel, bias, num_conv_branches: int, has_scale: b
         values = (np.full(out, gamma, np.float32),
                   np.asarray(beta, np.float32) * np.ones(out, np.float32),
                   np.zeros(out, np.float32), np.full(out, 1.0 - epsilon, np.float32))
-        return {f"{prefix}/{k}": v for k, v in zip(BN_KEYS, values)}
+        return dict(zip(sk.bn_keys(prefix), values))
 
     state = {}
     for i in range(num_conv_branches):
-        state[f"conv_kxk/{i}/kernel"] = kernel if i == 0 else np.zeros_like(kernel)
-        state.update(bn(f"conv_kxk/{i}/bn", bias if i == 0 else 0.0))
+        state[sk.join(sk.kxk(i), sk.KERNEL)] = kernel if i == 0 else np.zeros_like(kernel)
+        state.update(bn(sk.kxk_bn(i), bias if i == 0 else 0.0))
     if has_scale:
-        state["conv_scale/kernel"] = np.zeros((1, 1) + kernel.shape[2:], np.float32)
-        state.update(bn("conv_scale/bn", 0.0))
+        state[sk.join(sk.CONV_SCALE, sk.KERNEL)] = np.zeros((1, 1) + kernel.shape[2:],
+                                                            np.float32)
+        state.update(bn(sk.SCALE_BN, 0.0))
     if has_identity:
-        state.update(bn("identity", 0.0, gamma=0.0))
+        state.update(bn(sk.IDENTITY, 0.0, gamma=0.0))
     return state

@@ -13,6 +13,7 @@ asymmetrically there), ``same`` for stride 1, where both agree.
 
 from __future__ import annotations
 
+from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
 
 FUSED_ROLES = ("pad", "conv", "se_pool", "se_reduce", "se_expand", "se_scale", "act")
@@ -92,8 +93,8 @@ def fused_block_layers(layers: dict, name: str) -> list:
     Args:
         layers: ``{layer name: layer}`` of the model.
     """
-    pairs = [("reparam", layers[f"{name}_conv"])]
+    pairs = [(sk.REPARAM, layers[f"{name}_conv"])]
     if f"{name}_se_reduce" in layers:
-        pairs += [("se/reduce", layers[f"{name}_se_reduce"]),
-                  ("se/expand", layers[f"{name}_se_expand"])]
+        pairs += [(sk.SE_REDUCE, layers[f"{name}_se_reduce"]),
+                  (sk.SE_EXPAND, layers[f"{name}_se_expand"])]
     return pairs

@@ -17,10 +17,11 @@ import os
 import keras
 
 from mobileone_tf import layers as mo_layers
-from mobileone_tf import variants
+from mobileone_tf import state_keys, variants
+from mobileone_tf.models.state import load_weights
 from mobileone_tf.weights.presets import IMAGENET_MEAN, IMAGENET_STD
 
-HEAD_NAME = "predictions"
+HEAD_NAME = state_keys.HEAD_LAYER
 
 
 def _validate(variant, include_top, weights, input_shape, pooling, classes,
@@ -180,7 +181,6 @@ def MobileOne(variant="s0", include_top=True, weights="imagenet", input_tensor=N
     model = MobileOneModel(inputs, x, name=name or f"mobileone_{v.name}", mobileone=config)
 
     if weights is not None:
-        from mobileone_tf.models.state import load_weights
         if weights == "imagenet":
             from mobileone_tf import weights as mo_weights
             weights = mo_weights.imagenet_weights_path(v.name, fused=fused)

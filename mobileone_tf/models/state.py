@@ -2,15 +2,11 @@
 one place that loads a weights file into a model.
 
 A state is a flat ``{key: np.ndarray}`` dict in Keras layouts (HWIO conv
-kernels, HWC1 depthwise kernels, ``(in, out)`` dense kernels):
-
-* branched block ``B``: ``B/conv_kxk/{i}/kernel``, ``B/conv_kxk/{i}/bn/{gamma,
-  beta,moving_mean,moving_variance}``, ``B/conv_scale/kernel``,
-  ``B/conv_scale/bn/...``, ``B/identity/...``;
-* fused block ``B``: ``B/reparam/kernel``, ``B/reparam/bias``;
-* squeeze-excite (both forms): ``B/se/reduce/{kernel,bias}``,
-  ``B/se/expand/{kernel,bias}``;
-* classifier: ``head/kernel`` ``(features, classes)``, ``head/bias``.
+kernels, HWC1 depthwise kernels, ``(in, out)`` dense kernels), keyed as
+:mod:`mobileone_tf.state_keys` builds and parses them (``B/conv_kxk/{i}/...``,
+``B/conv_scale/...``, ``B/identity/...`` for a branched block ``B``,
+``B/reparam/{kernel,bias}`` for a fused one, ``B/se/...`` in both forms,
+``head/{kernel,bias}`` for the classifier).
 
 Either form of state loads into either form of model (fusing, or the exact
 initialisation of :meth:`MobileOneBlock.load_fused`).
@@ -18,14 +14,17 @@ initialisation of :meth:`MobileOneBlock.load_fused`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import keras
 
 from mobileone_tf import layers as mo_layers
-from mobileone_tf.models.builders import HEAD_NAME
+from mobileone_tf import state_keys as sk
 from mobileone_tf.models.info import all_layers
+
+HEAD_NAME = sk.HEAD_LAYER
 
 
 def _blocks(model):
@@ -52,30 +51,34 @@ def get_state(model) -> dict:
     branched, fused = _blocks(model)
     layers = {layer.name: layer for layer in all_layers(model)}
     for name, block in branched.items():
-        state.update({f"{name}/{k}": v for k, v in block.get_state().items()})
+        state.update({sk.join(name, k): v for k, v in block.get_state().items()})
     for name in fused:
-        state.update({f"{name}/{k}": v for k, v in
+        state.update({sk.join(name, k): v for k, v in
                       mo_layers.layer_state(mo_layers.fused_block_layers(layers, name)).items()})
     if HEAD_NAME in layers:
         kernel, bias = layers[HEAD_NAME].get_weights()
-        state["head/kernel"], state["head/bias"] = kernel, bias
+        state[sk.HEAD_KERNEL], state[sk.HEAD_BIAS] = kernel, bias
     return state
 
 
 def state_form(state: dict) -> str:
-    if any(k.endswith("/reparam/kernel") for k in state):
-        return "fused"
-    if any("/conv_kxk/" in k for k in state):
-        return "branched"
-    raise ValueError("Not a MobileOne weight state: no '*/reparam/kernel' or "
-                     f"'*/conv_kxk/*' keys (first keys: {sorted(state)[:5]})")
+    """``"fused"`` or ``"branched"`` (:func:`mobileone_tf.state_keys.form_of`).
+
+    Raises:
+        ValueError: neither (no reparam or branch keys; the first keys named).
+    """
+    form = sk.form_of(state)
+    if form is None:
+        raise ValueError(f"Not a MobileOne weight state: no '*/{sk.REPARAM_KERNEL}' or "
+                         f"'*/{sk.CONV_KXK}/*' keys (first keys: {sorted(state)[:5]})")
+    return form
 
 
 def split_state(state: dict) -> dict:
     """``{block or 'head': {relative key: array}}``."""
     out = {}
     for key, value in state.items():
-        block, _, rest = key.partition("/")
+        block, rest = sk.split(key)
         out.setdefault(block, {})[rest] = value
     return out
 
@@ -89,14 +92,14 @@ def fuse_state(state: dict, depthwise_blocks) -> dict:
     """
     out = {}
     for block, sub in split_state(state).items():
-        if block == "head" or "reparam/kernel" in sub:
-            out.update({f"{block}/{k}": v for k, v in sub.items()})
+        if block == sk.HEAD or sk.REPARAM_KERNEL in sub:
+            out.update({sk.join(block, k): v for k, v in sub.items()})
             continue
-        branches = {k: v for k, v in sub.items() if not k.startswith("se/")}
+        branches = {k: v for k, v in sub.items() if not sk.is_se(k)}
         kernel, bias = mo_layers.fused_kernel_bias(branches, block in depthwise_blocks)
-        out[f"{block}/reparam/kernel"] = kernel.astype(np.float32)
-        out[f"{block}/reparam/bias"] = bias.astype(np.float32)
-        out.update({f"{block}/{k}": v for k, v in sub.items() if k.startswith("se/")})
+        out[sk.join(block, sk.REPARAM_KERNEL)] = kernel.astype(np.float32)
+        out[sk.join(block, sk.REPARAM_BIAS)] = bias.astype(np.float32)
+        out.update({sk.join(block, k): v for k, v in sub.items() if sk.is_se(k)})
     return out
 
 
@@ -122,7 +125,7 @@ def assign_state(model, state: dict, skip_head_if_absent: bool = True):
     sub = split_state(state)
     blocks = set(branched) | set(fused)
     missing = sorted(blocks - set(sub))
-    unexpected = sorted(set(sub) - blocks - {"head"})
+    unexpected = sorted(set(sub) - blocks - {sk.HEAD})
     if missing or unexpected:
         raise ValueError("Weights do not match the model's blocks:"
                          + (f"\n  blocks missing from the weights: {missing}" if missing else "")
@@ -130,12 +133,12 @@ def assign_state(model, state: dict, skip_head_if_absent: bool = True):
                             if unexpected else ""))
     plan = []  # validate everything before assigning anything
     def full(name, pairs, values):  # full keys in error messages
-        return ([(f"{name}/{p}", layer) for p, layer in pairs],
-                {f"{name}/{k}": v for k, v in values.items()})
+        return ([(sk.join(name, p), layer) for p, layer in pairs],
+                {sk.join(name, k): v for k, v in values.items()})
 
     for name, block in branched.items():
         values = sub[name]
-        if "reparam/kernel" in values:
+        if sk.REPARAM_KERNEL in values:
             plan.append(("fused-into-branched", block, values))
         else:
             plan.append(("pairs", *full(name, block.weight_pairs(), values)))
@@ -143,22 +146,22 @@ def assign_state(model, state: dict, skip_head_if_absent: bool = True):
         plan.append(("pairs", *full(name, mo_layers.fused_block_layers(layers, name),
                                     sub[name])))
     if HEAD_NAME in layers:
-        if "head" not in sub:
-            raise ValueError("The model has a classifier ('predictions') but the "
-                             "weights have none (head/kernel, head/bias).")
-        plan.append(("pairs", [("head", layers[HEAD_NAME])],
-                     {f"head/{k}": v for k, v in sub["head"].items()}))
-    elif "head" in sub and not skip_head_if_absent:
+        if sk.HEAD not in sub:
+            raise ValueError(f"The model has a classifier ('{HEAD_NAME}') but the "
+                             f"weights have none ({sk.HEAD_KERNEL}, {sk.HEAD_BIAS}).")
+        plan.append(("pairs", [(sk.HEAD, layers[HEAD_NAME])],
+                     {sk.join(sk.HEAD, k): v for k, v in sub[sk.HEAD].items()}))
+    elif sk.HEAD in sub and not skip_head_if_absent:
         raise ValueError("The weights have a classifier but the model has none.")
     _check_plan(plan)
     for kind, target, values in plan:
         if kind == "pairs":
             mo_layers.assign_layers(target, values)
         else:
-            target.load_fused(values["reparam/kernel"], values["reparam/bias"])
-            se = [p for p in target.weight_pairs() if p[0].startswith("se/")]
-            mo_layers.assign_layers(se, {k: v for k, v in values.items()
-                                         if k.startswith("se/")}, where=target.name)
+            target.load_fused(values[sk.REPARAM_KERNEL], values[sk.REPARAM_BIAS])
+            se = [p for p in target.weight_pairs() if sk.is_se(p[0])]
+            mo_layers.assign_layers(se, {k: v for k, v in values.items() if sk.is_se(k)},
+                                    where=target.name)
 
 
 def _check_plan(plan):
@@ -169,13 +172,13 @@ def _check_plan(plan):
             if kind == "pairs":
                 _dry_assign(target, values)
             else:
-                kernel = values["reparam/kernel"]
+                kernel = values[sk.REPARAM_KERNEL]
                 w = target.conv_kxk[0].weights[0]
                 if tuple(np.shape(kernel)) != tuple(w.shape):
-                    raise ValueError(f"{target.name}/reparam/kernel: expected "
+                    raise ValueError(f"{sk.join(target.name, sk.REPARAM_KERNEL)}: expected "
                                      f"{tuple(w.shape)}, got {tuple(np.shape(kernel))}")
-                se = [p for p in target.weight_pairs() if p[0].startswith("se/")]
-                rest = {k: v for k, v in values.items() if k.startswith("se/")}
+                se = [p for p in target.weight_pairs() if sk.is_se(p[0])]
+                rest = {k: v for k, v in values.items() if sk.is_se(k)}
                 _dry_assign(se, rest)
         except ValueError as e:
             errors.append(str(e))
@@ -188,7 +191,38 @@ def _dry_assign(pairs, values):
                             where=", ".join(layer.name for _, layer in pairs))
 
 
-def read_state(path, variant=None):
+@dataclasses.dataclass(frozen=True)
+class StateFile:
+    """What :func:`read_state_file` found in a weights file.
+
+    Attributes:
+        state: the flat state (float32 arrays), or ``None`` for a plain Keras
+            ``.weights.h5`` (not a MobileOne state file).
+        variant: ``"s0"``..``"s4"`` (``None`` for a plain Keras file, or an
+            ``.h5`` without the attribute).
+        form: ``"fused"`` or ``"branched"`` (``None`` as ``variant``).
+        layout: ``"apple"``, ``"timm"`` or ``"mmpretrain"`` for a PyTorch
+            checkpoint, ``None`` for a ``.weights.h5``.
+    """
+
+    state: dict | None
+    variant: str | None = None
+    form: str | None = None
+    layout: str | None = None
+
+    @property
+    def description(self) -> str | None:
+        """What the file holds, e.g. ``"MobileOne-S0 (fused, apple layout)"``
+        (``None`` for a plain Keras file)."""
+        if self.state is None:
+            return None
+        name = f"MobileOne-{(self.variant or '?').upper()}"
+        if self.layout is None:
+            return f"{name} ({self.form})"
+        return f"{name} ({self.form}, {self.layout} layout)"
+
+
+def read_state_file(path, variant=None) -> StateFile:
     """Reads a weights file as a flat state, whatever its format.
 
     Args:
@@ -199,9 +233,8 @@ def read_state(path, variant=None):
         variant: the expected variant (``"s0"``..``"s4"``) or ``None``.
 
     Returns:
-        ``(state, description)``, or ``(None, None)`` for a plain Keras
-        ``.weights.h5`` (not a MobileOne state file); ``description`` says what
-        the file holds, e.g. ``"MobileOne-S0 (fused, apple layout)"``.
+        A :class:`StateFile` (``state`` is ``None`` for a plain Keras
+        ``.weights.h5``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -214,15 +247,29 @@ def read_state(path, variant=None):
     if path.endswith(".h5"):
         state, attrs = mo_weights.read_weights_h5(path, with_attrs=True)
         if state is None:
-            return None, None
+            return StateFile(None)
         found = str(attrs.get("variant", "?")).lower()
         if variant is not None and found != str(variant).lower():
             raise ValueError(f"{path} holds MobileOne-{found.upper()} weights, "
                              f"not MobileOne-{str(variant).upper()}")
-        return state, f"MobileOne-{found.upper()} ({attrs.get('form')})"
+        form = attrs.get("form")
+        return StateFile(state, None if found == "?" else found,
+                         None if form is None else str(form))
     result = mo_weights.port_checkpoint(path, variant=variant)
-    return result.state, (f"MobileOne-{result.variant.upper()} ({result.form}, "
-                          f"{result.layout} layout)")
+    return StateFile(result.state, result.variant, result.form, result.layout)
+
+
+def read_state(path, variant=None):
+    """:func:`read_state_file` as ``(state, description)``: ``(None, None)``
+    for a plain Keras ``.weights.h5``; ``description`` says what the file
+    holds, e.g. ``"MobileOne-S0 (fused, apple layout)"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an unreadable file, or weights of another variant (named).
+    """
+    found = read_state_file(path, variant)
+    return found.state, found.description
 
 
 def load_weights(model, path):

@@ -19,6 +19,7 @@ import numpy as np
 
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import models as mo_models
+from mobileone_tf import state_keys as sk
 from mobileone_tf.training.config import TrainConfig
 
 
@@ -70,8 +71,8 @@ def check_weights(config: TrainConfig, classes: int):
     if config.weights is None:
         return None
     state = source_state(config.weights, config.variant)
-    if "head/kernel" in state:
-        n = state["head/kernel"].shape[-1]
+    if sk.HEAD_KERNEL in state:
+        n = state[sk.HEAD_KERNEL].shape[-1]
         if n != classes and config.classes is None:
             raise ValueError(
                 f"The weights' head has {n} classes but the data has {classes}; "
@@ -101,10 +102,11 @@ def build_model(config: TrainConfig, classes: int, input_size=None):
                                 input_shape=shape, fused=config.fused)
     if config.weights is not None:
         state = dict(source_state(config.weights, config.variant))
-        src_classes = state["head/kernel"].shape[-1] if "head/kernel" in state else None
+        src_classes = state[sk.HEAD_KERNEL].shape[-1] if sk.HEAD_KERNEL in state else None
         if src_classes != classes:
             kernel, bias = model.get_layer(mo_models.HEAD_NAME).get_weights()
-            state["head/kernel"], state["head/bias"] = np.zeros_like(kernel), np.zeros_like(bias)
+            state[sk.HEAD_KERNEL], state[sk.HEAD_BIAS] = (np.zeros_like(kernel),
+                                                          np.zeros_like(bias))
         mo_models.assign_state(model, state)
     return synchronize_batchnorm(model) if config.sync_batchnorm else model
 

@@ -34,11 +34,12 @@ import re
 
 import numpy as np
 
+from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
 from mobileone_tf.weights.torch_reader import read_checkpoint
 
-_BN_TORCH = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-             "running_var": "moving_variance"}
+_BN_TORCH = dict(zip(("weight", "bias", "running_mean", "running_var"), sk.BN_KEYS))
+_WEIGHT_TORCH = {"weight": sk.KERNEL, "bias": sk.BIAS}
 
 
 # ---------------------------------------------------------------------------
@@ -63,38 +64,40 @@ def detect_layout(keys) -> str:
                      f"first keys: {sorted(keys)[:8]}")
 
 
-_BN = r"(weight|bias|running_mean|running_var)"
-# (regex on the key inside a block, template for our key); groups: \1.. as named
+# parameter kinds of a torch module: its parameter names -> ours
+_PARAMS = {"conv": {"weight": sk.KERNEL}, "bn": _BN_TORCH, "conv_bias": _WEIGHT_TORCH}
+# (regex of a torch module inside a block, our key prefix (a function of the
+# branch index for the kxk branches), parameter kind)
 _BLOCK_RULES = {
     "apple": [
-        (r"rbr_conv\.(\d+)\.conv\.weight", "conv_kxk/{0}/kernel"),
-        (rf"rbr_conv\.(\d+)\.bn\.{_BN}", "conv_kxk/{0}/bn/{1}"),
-        (r"rbr_scale\.conv\.weight", "conv_scale/kernel"),
-        (rf"rbr_scale\.bn\.{_BN}", "conv_scale/bn/{0}"),
-        (rf"rbr_skip\.{_BN}", "identity/{0}"),
-        (r"reparam_conv\.(weight|bias)", "reparam/{0}"),
-        (r"se\.reduce\.(weight|bias)", "se/reduce/{0}"),
-        (r"se\.expand\.(weight|bias)", "se/expand/{0}"),
+        (r"rbr_conv\.(\d+)\.conv", sk.kxk, "conv"),
+        (r"rbr_conv\.(\d+)\.bn", sk.kxk_bn, "bn"),
+        (r"rbr_scale\.conv", sk.CONV_SCALE, "conv"),
+        (r"rbr_scale\.bn", sk.SCALE_BN, "bn"),
+        (r"rbr_skip", sk.IDENTITY, "bn"),
+        (r"reparam_conv", sk.REPARAM, "conv_bias"),
+        (r"se\.reduce", sk.SE_REDUCE, "conv_bias"),
+        (r"se\.expand", sk.SE_EXPAND, "conv_bias"),
     ],
     "timm": [
-        (r"conv_kxk\.(\d+)\.conv\.weight", "conv_kxk/{0}/kernel"),
-        (rf"conv_kxk\.(\d+)\.bn\.{_BN}", "conv_kxk/{0}/bn/{1}"),
-        (r"conv_scale\.conv\.weight", "conv_scale/kernel"),
-        (rf"conv_scale\.bn\.{_BN}", "conv_scale/bn/{0}"),
-        (rf"identity\.{_BN}", "identity/{0}"),
-        (r"reparam_conv\.(weight|bias)", "reparam/{0}"),
-        (r"attn\.fc1\.(weight|bias)", "se/reduce/{0}"),
-        (r"attn\.fc2\.(weight|bias)", "se/expand/{0}"),
+        (r"conv_kxk\.(\d+)\.conv", sk.kxk, "conv"),
+        (r"conv_kxk\.(\d+)\.bn", sk.kxk_bn, "bn"),
+        (r"conv_scale\.conv", sk.CONV_SCALE, "conv"),
+        (r"conv_scale\.bn", sk.SCALE_BN, "bn"),
+        (r"identity", sk.IDENTITY, "bn"),
+        (r"reparam_conv", sk.REPARAM, "conv_bias"),
+        (r"attn\.fc1", sk.SE_REDUCE, "conv_bias"),
+        (r"attn\.fc2", sk.SE_EXPAND, "conv_bias"),
     ],
     "mmpretrain": [
-        (r"branch_conv_list\.(\d+)\.conv\.weight", "conv_kxk/{0}/kernel"),
-        (rf"branch_conv_list\.(\d+)\.norm\.{_BN}", "conv_kxk/{0}/bn/{1}"),
-        (r"branch_scale\.conv\.weight", "conv_scale/kernel"),
-        (rf"branch_scale\.norm\.{_BN}", "conv_scale/bn/{0}"),
-        (rf"branch_norm\.{_BN}", "identity/{0}"),
-        (r"branch_reparam\.(weight|bias)", "reparam/{0}"),
-        (r"se\.conv1\.conv\.(weight|bias)", "se/reduce/{0}"),
-        (r"se\.conv2\.conv\.(weight|bias)", "se/expand/{0}"),
+        (r"branch_conv_list\.(\d+)\.conv", sk.kxk, "conv"),
+        (r"branch_conv_list\.(\d+)\.norm", sk.kxk_bn, "bn"),
+        (r"branch_scale\.conv", sk.CONV_SCALE, "conv"),
+        (r"branch_scale\.norm", sk.SCALE_BN, "bn"),
+        (r"branch_norm", sk.IDENTITY, "bn"),
+        (r"branch_reparam", sk.REPARAM, "conv_bias"),
+        (r"se\.conv1\.conv", sk.SE_REDUCE, "conv_bias"),
+        (r"se\.conv2\.conv", sk.SE_EXPAND, "conv_bias"),
     ],
 }
 _BLOCK_PREFIX = {
@@ -104,7 +107,8 @@ _BLOCK_PREFIX = {
     "timm": (r"stem\.", r"stages\.(\d)\.(\d+)\.", r"head\.fc\.(weight|bias)"),
 }
 _COMPILED = {
-    layout: [(re.compile(rx + r"$"), tpl) for rx, tpl in rules]
+    layout: [(re.compile(rx + r"\.(" + "|".join(_PARAMS[kind]) + r")$"), prefix, kind)
+             for rx, prefix, kind in rules]
     for layout, rules in _BLOCK_RULES.items()
 }
 
@@ -114,7 +118,7 @@ def _our_key(key: str, layout: str):
     stem_rx, stage_rx, head_rx = _BLOCK_PREFIX[layout]
     m = re.match(head_rx + "$", key)
     if m:
-        return "head/" + ("kernel" if m.group(1) == "weight" else "bias")
+        return sk.join(sk.HEAD, _WEIGHT_TORCH[m.group(1)])
     m = re.match(stem_rx, key)
     if m:
         block = "stem"
@@ -125,15 +129,12 @@ def _our_key(key: str, layout: str):
         stage = int(m.group(1)) + (1 if layout == "timm" else 0)
         block = f"stage{stage}_{int(m.group(2))}"
     rest = key[m.end():]
-    for rx, tpl in _COMPILED[layout]:
+    for rx, prefix, kind in _COMPILED[layout]:
         mm = rx.match(rest)
         if mm:
-            groups = list(mm.groups())
-            if tpl.startswith(("reparam/", "se/")):
-                groups = ["kernel" if g == "weight" else g for g in groups]
-            else:  # BatchNorm parameter names
-                groups = [_BN_TORCH.get(g, g) for g in groups]
-            return f"{block}/{tpl.format(*groups)}"
+            *index, param = mm.groups()
+            prefix = prefix(int(index[0])) if index else prefix
+            return sk.join(block, prefix, _PARAMS[kind][param])
     return None
 
 
@@ -141,11 +142,12 @@ def _to_keras(key: str, value: np.ndarray, depthwise_blocks) -> np.ndarray:
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.floating):
         value = value.astype(np.float32)
-    if key == "head/kernel":
+    parsed = sk.parse(key)
+    if parsed.part == sk.HEAD and parsed.param == sk.KERNEL:
         return value.T if value.ndim == 2 else value
-    if key.endswith("/kernel") and value.ndim == 4:
-        block = key.split("/")[0]
-        if "/se/" not in key and block in depthwise_blocks and value.shape[1] == 1:
+    if parsed.param == sk.KERNEL and value.ndim == 4:
+        if not sk.is_se(parsed.part) and parsed.block in depthwise_blocks \
+                and value.shape[1] == 1:
             return value.transpose(2, 3, 0, 1)
         return value.transpose(2, 3, 1, 0)
     return value
@@ -166,30 +168,28 @@ def expected_shapes(variant, form: str, classes=None) -> dict:
         kshape = (k, k, s.filters, 1) if s.depthwise else (k, k, s.in_channels, s.filters)
         vec = (s.filters,)
         if form == "fused":
-            shapes[f"{s.name}/reparam/kernel"] = kshape
-            shapes[f"{s.name}/reparam/bias"] = vec
+            keys = [sk.REPARAM_KERNEL, sk.REPARAM_BIAS]
         else:
-            for i in range(s.num_conv_branches):
-                shapes[f"{s.name}/conv_kxk/{i}/kernel"] = kshape
-                for b in _BN_TORCH.values():
-                    shapes[f"{s.name}/conv_kxk/{i}/bn/{b}"] = vec
-            if s.has_scale:
-                shapes[f"{s.name}/conv_scale/kernel"] = (1, 1) + kshape[2:]
-                for b in _BN_TORCH.values():
-                    shapes[f"{s.name}/conv_scale/bn/{b}"] = vec
-            if s.has_identity:
-                for b in _BN_TORCH.values():
-                    shapes[f"{s.name}/identity/{b}"] = vec
+            keys = sk.branch_keys(s.num_conv_branches, s.has_scale, s.has_identity)
+        for key in keys:
+            parsed = sk.parse_relative(key)
+            if parsed.param != sk.KERNEL:
+                shapes[sk.join(s.name, key)] = vec
+            elif parsed.part == sk.CONV_SCALE:
+                shapes[sk.join(s.name, key)] = (1, 1) + kshape[2:]
+            else:
+                shapes[sk.join(s.name, key)] = kshape
         if s.use_se:
             rd = variants.se_channels(s.filters)
-            shapes[f"{s.name}/se/reduce/kernel"] = (1, 1, s.filters, rd)
-            shapes[f"{s.name}/se/reduce/bias"] = (rd,)
-            shapes[f"{s.name}/se/expand/kernel"] = (1, 1, rd, s.filters)
-            shapes[f"{s.name}/se/expand/bias"] = (s.filters,)
+            reduce_kernel, reduce_bias, expand_kernel, expand_bias = sk.se_keys()
+            shapes[sk.join(s.name, reduce_kernel)] = (1, 1, s.filters, rd)
+            shapes[sk.join(s.name, reduce_bias)] = (rd,)
+            shapes[sk.join(s.name, expand_kernel)] = (1, 1, rd, s.filters)
+            shapes[sk.join(s.name, expand_bias)] = (s.filters,)
     if classes is not None:
         features = variants.get_variant(variant).num_features
-        shapes["head/kernel"] = (features, classes)
-        shapes["head/bias"] = (classes,)
+        shapes[sk.HEAD_KERNEL] = (features, classes)
+        shapes[sk.HEAD_BIAS] = (classes,)
     return shapes
 
 
@@ -248,16 +248,16 @@ def convert_state_dict(torch_state: dict, variant=None, where="checkpoint") -> P
         raise ValueError(f"{where} ({layout} layout): unexpected keys not part of a "
                          f"MobileOne model: {unknown[:12]}"
                          + (f" ... ({len(unknown) - 12} more)" if len(unknown) > 12 else ""))
-    has_reparam = any("/reparam/" in k for k in converted)
-    has_branch = any(("/conv_kxk/" in k or "/conv_scale/" in k or "/identity/" in k)
-                     for k in converted)
+    parsed = [sk.parse(k) for k in converted]
+    has_reparam = any(p.fused for p in parsed)
+    has_branch = any(p.branched for p in parsed)
     if has_reparam and has_branch:
         raise ValueError(f"{where}: mixes fused (reparam) and branched keys; "
                          "a checkpoint must be entirely one form")
     form = "fused" if has_reparam else "branched"
     classes = None
-    if "head/bias" in converted:
-        classes = int(np.shape(converted["head/bias"][1])[0])
+    if sk.HEAD_BIAS in converted:
+        classes = int(np.shape(converted[sk.HEAD_BIAS][1])[0])
 
     depthwise = {s.name for s in variants.block_specs("s0") if s.depthwise}
     state = {k: _to_keras(k, v, depthwise) for k, (_, v) in converted.items()}
@@ -323,7 +323,7 @@ def check_state(state: dict, variant, form: str) -> int | None:
     v = variants.get_variant(variant).name
     if form not in ("fused", "branched"):
         raise ValueError(f"form must be 'fused' or 'branched'; got {form!r}")
-    classes = int(np.shape(state["head/bias"])[0]) if "head/bias" in state else None
+    classes = int(np.shape(state[sk.HEAD_BIAS])[0]) if sk.HEAD_BIAS in state else None
     missing, unexpected, wrong = _mismatches(state, expected_shapes(v, form, classes))
     if missing or unexpected or wrong:
         raise ValueError(f"state is not a {form} MobileOne-{v.upper()} state:"
@@ -333,4 +333,4 @@ def check_state(state: dict, variant, form: str) -> int | None:
 
 def count_params(state: dict) -> int:
     """Number of weights in a state (BatchNorm moving statistics excluded)."""
-    return int(sum(np.size(v) for k, v in state.items() if "/moving_" not in k))
+    return int(sum(np.size(v) for k, v in state.items() if not sk.is_moving_statistic(k)))
