@@ -133,7 +133,8 @@ class ExportOptions:
     fold: bool = option(True, "Fold the input normalization into the stem conv (--nofold "
                         "only to measure).", "bool")
     outputs: Optional[str] = option(None, "Classifier output: probabilities (softmax) or "
-                                    "logits (no SOFTMAX op); default: the model's top.",
+                                    "logits (no SOFTMAX op); default: the model's own (convert.py: "
+                                    "probabilities).",
                                     "enum", choices=OUTPUTS)
     labels: Optional[str] = option(None, "tflite/coreml/onnx: class names file, UTF-8, one per "
                                    "line (default: ImageNet).", "string")
