@@ -161,7 +161,7 @@ class ExportOptions:
         check_mode(fmt, self.quantize)
         check_geometry(self.batch_size, self.input_size)
         if self.outputs not in (None,) + OUTPUTS:
-            raise ExportError(f"outputs (--outputs) must be one of {OUTPUTS}; got "
+            raise ExportError(f"outputs must be one of {OUTPUTS} (--outputs); got "
                               f"{self.outputs!r}")
         if self.labels is not None and fmt == "saved_model":
             raise ExportError(f"labels file {self.labels} (--labels): a SavedModel carries no "
