@@ -44,9 +44,9 @@ class Int8Options:
                             "float rescaling, mobileone_tf.quantization.equalize_activations).",
                             "bool")
     bias_correction: Union[bool, int] = option(
-        False, "int8: after equalization, subtract from each layer's bias the mean output "
-        "shift of its int8 weight rounding, measured on up to 128 calibration images "
-        "(quantization.correct_bias; Python: an int = that many images).", "bool")
+        False, "int8: after equalization (if on), subtract from each layer's bias the mean "
+        "output shift of its int8 weight rounding, measured on up to 128 calibration "
+        "images (quantization.correct_bias; Python: an int = that many images).", "bool")
     float_layers: Sequence[str] = option((), "tflite int8: layers kept float32 (rank them "
                                          "with quant_sensitivity.py).", "list")
     int8_io: str = option("float", "Input/output type of an int8 TFLite model: float "

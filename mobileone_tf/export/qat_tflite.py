@@ -106,6 +106,7 @@ def qat_to_tflite(model, train_data, output, qat=None, options=None, *, class_na
     """
     qat, options = split_options(qat, options, **keywords)
     qat.validate()
+    quantization.check_qat_dependencies()  # before MediaPipe is installed
     size = qat.image_size or model.input_shape[1] or 224
     options = _file_options(options, size)
     output = _check(output, options)
@@ -133,6 +134,7 @@ def qat_variant_to_tflite(variant, weights, train_data, output, qat=None, option
     """
     qat, options = split_options(qat, options, **keywords)
     qat.validate()
+    quantization.check_qat_dependencies()  # before MediaPipe is installed
     options = _file_options(options, qat.image_size or 224)
     output = _check(output, options)
     model, dataset, skipped = quantization.qat_inputs(variant, weights, train_data, qat)
