@@ -266,3 +266,42 @@ def test_truncated_cached_port_without_source_says_it_was_a_cache(tmp_path, monk
     assert str(cached) in message and "cached port" in message and "deleted" in message
     assert "MOBILEONE_TF_CHECKPOINTS" in message
     assert not cached.exists()
+
+
+# --- issue 24: one options object, one spelling per idea --------------------------
+def test_options_keywords_and_errors_name_the_flag(tmp_path):
+    from mobileone_tf import export
+    options = export.export_options(quantize="int8", calibration_data=str(tmp_path),
+                                    int8_io="uint8", batch_size=2)
+    assert (options.quantize, options.batch_size) == ("int8", 2)
+    assert (options.int8.calibration_data, options.int8.int8_io) == (str(tmp_path), "uint8")
+    assert export.export_options(int8_io=False).int8.int8_io == "float"  # the old spelling
+    with pytest.raises(TypeError, match="io"):
+        export.export_options(io="int8")  # QAT's old name is no option
+    for kwargs, words in [(dict(int8_io="int8"), ("--int8_io", "--quantize int8")),
+                          (dict(quantize="int8", calibration_data=np.zeros((2, 64, 64, 3)),
+                                calibration_exclude=["*"]), ("--calibration_exclude",)),
+                          (dict(quantize="int8", calibration_data=str(tmp_path),
+                                int8_io="uint8", float_layers=["stem_conv"]),
+                           ("--float_layers", "--int8_io")),
+                          (dict(outputs="scores"), ("--outputs",))]:
+        with pytest.raises(export.ExportError) as e:
+            export.check_options("tflite", str(tmp_path / "m.tflite"), **kwargs)
+        assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), e.value
+    assert not list(tmp_path.iterdir())
+
+
+def _flag_help(script):
+    proc = _run(str(ROOT / "scripts" / f"{script}.py"), "--help", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return " ".join(proc.stdout.split())
+
+
+def test_convert_and_qat_spell_shared_settings_alike():
+    """The int8 I/O type and the held-out globs have one flag name and one set of
+    values in both scripts; QAT's old names are gone."""
+    helps = {script: _flag_help(script) for script in ("convert", "qat")}
+    for script, text in helps.items():
+        assert "--int8_io: <float|int8|uint8>" in text, script
+        assert "--calibration_exclude:" in text and "--[no]metadata:" in text, script
+        assert "--io:" not in text and "--exclude:" not in text, script

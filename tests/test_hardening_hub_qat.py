@@ -80,7 +80,11 @@ def test_qat_help_says_bias_correction_follows_fine_tuning():
 def test_qat_api_checks_schedule_before_reading_data(tmp_path, kwargs, name):
     # the folder is missing: the schedule error comes first, before any listing
     with pytest.raises(ValueError, match=f"^{name} must be an integer >= 1"):
-        q.qat_from_weights("s0", None, tmp_path / "missing", tmp_path / "o.tflite", **kwargs)
+        q.qat_from_weights("s0", None, tmp_path / "missing", **kwargs)
+    from mobileone_tf import export
+    with pytest.raises(ValueError, match=f"^{name} must be an integer >= 1"):
+        export.qat_variant_to_tflite("s0", None, tmp_path / "missing", tmp_path / "o.tflite",
+                                     **kwargs)
     assert os.listdir(tmp_path) == []
 
 

@@ -1,5 +1,6 @@
 """Int8 QAT (TFMOT) and PTQ of the fused MobileOne: tiny runs on generated images."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ import pytest
 
 import keras
 import mobileone_tf as mo
+from mobileone_tf import export, runtime
 from mobileone_tf import quantization as q
-from mobileone_tf import runtime
 from tests.conftest import ROOT
 
 SIZE = 64
@@ -51,37 +52,51 @@ def tiny_qat(tmp_path_factory):
     folder = _write_images(tmp / "train" / "a", 16)
     model = _fused("s0")
     verify = np.random.default_rng(1).uniform(0, 255, (16, SIZE, SIZE, 3)).astype("float32")
-    qat_model, path, report = q.quantization_aware_training(
+    qat_model, path, report = export.qat_to_tflite(
         model, tmp / "train", tmp / "s0_int8.tflite", batch_size=4, epochs=2,
         steps_per_epoch=2, learning_rate=1e-4, checkpoint_dir=tmp / "ckpt", verify_data=verify,
-        mix="cutmix", verbose=0)
+        mix="cutmix", verbose=0, metadata=False, report_path=tmp / "report.json")
     return dict(tmp=tmp, model=model, qat=qat_model, path=path, report=report,
                 verify=verify, folder=folder)
 
 
 def test_tiny_qat_all_int8_and_matches_keras(tiny_qat):
-    r = tiny_qat["report"]
-    assert os.path.isfile(tiny_qat["path"])
-    assert r["float_ops"] == []
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(r["ops"])
-    assert set(r["ops"]) & {"QUANTIZE", "DEQUANTIZE"}  # float I/O: only at the edges
+    """The file comes out of the one TFLite writer: staged, verified against the
+    QAT Keras model, installed with labels.txt and the report JSON."""
+    r, path = tiny_qat["report"], tiny_qat["path"]
+    assert os.path.isfile(path) and r["quantize"] == "int8"
+    graph = runtime.tflite_graph_report(path)
+    assert graph["float_ops"] == [] and r["xnnpack"]["float_ops"] == []
+    ops = set(runtime.tflite_ops(path))
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+    assert ops & {"QUANTIZE", "DEQUANTIZE"}  # float I/O: only at the edges
     # the TFLite kernels round differently from TF's fake-quant, and the tiny
     # run's weights vary with thread scheduling: on average about one output
     # quantization step (0.88-0.98 seen), a few steps at worst (4, 5 and 7
     # seen), and the class must agree on (nearly) every image
-    assert r["mean_abs_diff"] <= 2 * r["output_scale"], r
-    assert r["max_abs_diff"] <= 12 * r["output_scale"], r
-    assert r["top1_agreement"] >= 15 / 16, r
-    assert len(r["history"]["kd_loss"]) == 2
-    assert r["skipped_images"] == [] and r["skipped"] == ""     # folder: nothing skipped
+    x = tiny_qat["verify"]
+    ref, got = tiny_qat["qat"](x, training=False).numpy(), runtime.run_tflite(path, x)
+    step = graph["output_step"]
+    assert np.abs(ref - got).mean() <= 2 * step and np.abs(ref - got).max() <= 12 * step
+    assert np.mean(ref.argmax(-1) == got.argmax(-1)) >= 15 / 16
+    v = r["verification"]  # the writer ran the same comparison, without a verdict
+    assert v["passed"] is None and v["num_images"] == 8 and v["top1_agreement"] >= 7 / 8
+    assert v["max_abs_diff"] == pytest.approx(np.abs(ref - got)[:8].max(), rel=1e-5)
+    assert len(r["qat"]["history"]["kd_loss"]) == 2 and r["qat"]["equalized"] is True
+    assert r["qat"]["skipped_images"] == [] and r["qat"]["skipped"] == ""  # nothing skipped
     assert sorted(os.listdir(tiny_qat["tmp"] / "ckpt"))  # checkpoints written
+    assert (tiny_qat["tmp"] / "labels.txt").read_text().split() == [str(i) for i in range(10)]
+    assert json.loads((tiny_qat["tmp"] / "report.json").read_text())["path"] == str(path)
+    assert not [n for n in os.listdir(tiny_qat["tmp"]) if ".tmp-" in n]  # staging removed
 
 
 def test_int8_io_export(tiny_qat):
-    path, r = q.export_tflite(tiny_qat["qat"], tiny_qat["tmp"] / "io_int8.tflite", io="int8",
-                              verify_data=tiny_qat["verify"][:8])
-    assert r["float_ops"] == [] and "QUANTIZE" not in r["ops"]
-    assert r["top1_agreement"] >= 7 / 8
+    path, r = export.write_qat_tflite(tiny_qat["qat"], tiny_qat["model"],
+                                      tiny_qat["tmp"] / "io_int8.tflite", int8_io="int8",
+                                      verify_data=tiny_qat["verify"][:8], metadata=False)
+    assert runtime.tflite_graph_report(path)["float_ops"] == []
+    assert "QUANTIZE" not in r["ops"]
+    assert r["verification"]["top1_agreement"] >= 7 / 8
     from ai_edge_litert.interpreter import Interpreter
     interp = Interpreter(model_path=path)
     assert interp.get_input_details()[0]["dtype"] == np.int8
@@ -128,9 +143,10 @@ def test_s4_squeeze_excite_quantizes(tmp_path):
     qm = q.quantize(tfk)
     se = [l for l in qm.layers if l.name.endswith("_se_scale")]
     assert se and all(type(l).__name__ == "QuantizeWrapperV2" for l in se)
-    path, r = q.export_tflite(qm, tmp_path / "s4.tflite", verify_data=x)
-    assert r["float_ops"] == [] and "MUL" in r["ops"] and "LOGISTIC" in r["ops"]
-    assert r["top1_agreement"] >= 3 / 4
+    path, r = export.write_qat_tflite(qm, model, tmp_path / "s4.tflite", verify_data=x,
+                                      metadata=False)
+    assert r["xnnpack"]["float_ops"] == [] and "MUL" in r["ops"] and "LOGISTIC" in r["ops"]
+    assert r["verification"]["top1_agreement"] >= 3 / 4
 
 
 def test_ptq(tmp_path):
@@ -175,15 +191,15 @@ def test_empty_and_unreadable_folder(tmp_path):
     out = tmp_path / "o.tflite"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="(?i)no images"):
-        q.quantization_aware_training(_fused("s0"), tmp_path / "empty", out)
+        export.qat_to_tflite(_fused("s0"), tmp_path / "empty", out, metadata=False)
     with pytest.raises(FileNotFoundError, match="not found"):
-        q.quantization_aware_training(_fused("s0"), tmp_path / "missing", out)
+        q.quantization_aware_training(_fused("s0"), tmp_path / "missing")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"no decodable image.*x\.jpg"):
-        q.quantization_aware_training(_fused("s0"), bad, out)
-    assert not out.exists()
+        export.qat_to_tflite(_fused("s0"), bad, out, metadata=False)
+    assert sorted(os.listdir(tmp_path)) == ["bad", "empty"]  # nothing written
 
 
 def test_undecodable_images_skipped_and_named(tmp_path):
@@ -204,13 +220,13 @@ def test_branched_and_foreign_models(tmp_path):
     out = tmp_path / "o.tflite"
     branched = mo.MobileOne("s0", weights=None, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match="fuse"):
-        q.quantization_aware_training(branched, tmp_path, out)
+        export.qat_to_tflite(branched, tmp_path, out, metadata=False)
     foreign = keras.Sequential([keras.Input((SIZE, SIZE, 3)),
                                 keras.layers.Conv2D(4, 3, name="stem_conv"),
                                 keras.layers.GlobalAveragePooling2D(),
                                 keras.layers.Dense(3, name="predictions")])
     with pytest.raises(ValueError, match="Not a fused MobileOne"):
-        q.quantization_aware_training(foreign, tmp_path, out)
+        q.quantization_aware_training(foreign, tmp_path)
     with pytest.raises(ValueError, match="include_top"):
         q.to_tf_keras(mo.fuse(mo.MobileOne("s0", weights=None, include_top=False,
                                            input_shape=(SIZE, SIZE, 3))))
@@ -279,7 +295,8 @@ def test_calibrate_ranges_sets_data_ranges():
 
 # --- scripts/qat.py: user errors are one `error:` line, nothing written -------
 def _qat_cli(*args):
-    return subprocess.run([sys.executable, "scripts/qat.py", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "scripts/qat.py", "--nometadata", *map(str, args)],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 

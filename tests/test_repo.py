@@ -188,8 +188,8 @@ def test_module_sizes():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"modules over 500 lines: {long}"
-    scripts = {p.name: n for p in SCRIPTS if (n := len(p.read_text().splitlines())) > 85}
-    assert not scripts, f"scripts are thin shells (<= ~80 lines): {scripts}"
+    scripts = {p.name: n for p in SCRIPTS if (n := len(p.read_text().splitlines())) > 80}
+    assert not scripts, f"scripts are thin shells (<= 80 lines): {scripts}"
 
 
 def test_no_private_internals():

@@ -376,13 +376,22 @@ def test_qat_bias_correction(ported, calibration, work):
     train = work / "qat_data" / "imagenette" / "train"
     shutil.copytree(folder, train)
     broken = corrupt(train / "n01440764" / "broken.jpg")  # not held out: skipped, named
-    out = work / "qat.tflite"
+    out, report = work / "qat" / "qat.tflite", work / "qat.json"
+    out.parent.mkdir()
     proc = run("qat", "--variant", "s0", "--weights", ported[1], "--bias_correction",
-               "--train_data", train, "--exclude", EXCLUDE, "--epochs", "1",
+               "--train_data", train, "--calibration_exclude", EXCLUDE, "--epochs", "1",
                "--steps_per_epoch", "2", "--batch_size", "4", "--image_size", "64",
-               "--calibration_steps", "1", "--output", out)
+               "--calibration_steps", "1", "--nometadata", "--output", out,
+               "--report", report)
     assert str(broken) in proc.stdout + proc.stderr
     assert not any(p.name in proc.stdout + proc.stderr for p in held_out)
+    # written as convert.py writes: verified against the QAT model, labels beside it
+    report = read_json(report)
+    assert report["qat"]["bias_correction"] > 0 and report["qat"]["skipped_images"] == [
+        str(broken)]
+    assert report["verification"]["num_images"] == 8 and "metadata" not in report
+    assert len((out.parent / "labels.txt").read_text().splitlines()) == 1000
+    assert sorted(os.listdir(out.parent)) == ["labels.txt", "qat.tflite"]
     (inp,), (logits,) = runtime.tflite_io(str(out))
     assert (inp["dtype"], list(inp["shape"])) == ("float32", [1, 64, 64, 3])
     assert (logits["dtype"], list(logits["shape"])) == ("float32", [1, 1000])

@@ -136,14 +136,6 @@ def check_geometry(batch_size, input_size):
     return int(batch_size), int(h), int(w)
 
 
-def check_arguments(fmt, output, quantize, overwrite, batch_size=1, input_size=224):
-    """:func:`check_mode`, :func:`check_geometry`, then :func:`check_output`;
-    returns the output path."""
-    check_mode(fmt, quantize)
-    check_geometry(batch_size, input_size)
-    return check_output(output, overwrite, SUFFIXES[fmt], is_file=fmt in FILE_FORMATS)
-
-
 def labels_path(output):
     """Where ``labels.txt`` goes: beside ``output``."""
     return os.path.join(os.path.dirname(os.path.abspath(output)), LABELS_FILE)

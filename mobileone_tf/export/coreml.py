@@ -19,10 +19,10 @@ import numpy as np
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import (AUTHOR, COREML_LABEL, COREML_PROBS, DEFAULT_LICENSE,
                                         INPUT_NAME, ExportError, ExportVerificationError,
-                                        check_arguments, quiet, staging)
+                                        quiet, staging)
 from mobileone_tf.export.images import verification_images
-from mobileone_tf.export.job import check_classes, start
-from mobileone_tf.export.metadata import read_labels
+from mobileone_tf.export.job import check_classes, check_export, start
+from mobileone_tf.export.options import export_options
 from mobileone_tf.export.verify import compare
 
 PALETTIZE_EXTRA = "coreml-palettize"
@@ -44,20 +44,17 @@ def check_palettize_dependencies():
         ) from None
 
 
-def check_options(output, *, quantize="none", overwrite=False, labels=None, batch_size=1,
-                  input_size=224, **_):
-    """The cheap argument checks of :func:`to_coreml` (mode, size, output,
-    palettization dependencies, a labels file's text); returns the output path.
+def check_options(output, options):
+    """The cheap argument checks of :func:`to_coreml` (:func:`.job.check_export`,
+    then the palettization dependencies); returns the output path.
 
     Raises:
         ExportError: see :func:`to_coreml`.
         OSError: an unreadable labels file (named).
     """
-    output = check_arguments("coreml", output, quantize, overwrite, batch_size, input_size)
-    if quantize == "palettize4":
+    output = check_export("coreml", output, options)
+    if options.quantize == "palettize4":
         check_palettize_dependencies()
-    if labels is not None:
-        read_labels(labels)
     return output
 
 
@@ -150,31 +147,29 @@ def _verify(job, staged, check_weights):
                                       "Nothing was written.")
 
 
-def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, fuse=True,
-              overwrite=False, verify=True, verify_data=None, report_path=None,
-              class_names=None, minimum_deployment_target="iOS16", author=AUTHOR,
-              license=DEFAULT_LICENSE, version=None, description=None, outputs=None,
-              fold=True, labels=None):
+def to_coreml(model, output, options=None, *, class_names=None,
+              minimum_deployment_target="iOS16", author=AUTHOR, license=DEFAULT_LICENSE,
+              version=None, description=None, **keywords):
     """Exports a Core ML ML program (``.mlpackage``).
 
     Args:
-        quantize: ``"none"`` (float16 compute, the Core ML default),
-            ``"float32"``, ``"int8"`` (``linear_quantize_weights``, symmetric
-            per-channel int8 weights), ``"palettize4"`` (4-bit k-means
-            palettization).
+        options: an :class:`.options.ExportOptions`, ``keywords`` replacing
+            its fields (as :func:`.tflite.to_tflite`): ``quantize``:
+            ``"none"`` (float16 compute, the Core ML default), ``"float32"``,
+            ``"int8"`` (``linear_quantize_weights``, symmetric per-channel
+            int8 weights), ``"palettize4"`` (4-bit k-means palettization);
+            ``labels``: a text file of class names, one per line (replaces
+            ``class_names``; its line count must equal the classes): the
+            ``classLabel`` values of the ``ClassifierConfig``; ``outputs``,
+            ``fold``: see :func:`.prepare.prepare_model` (the ImageType keeps
+            scale 1 / bias 0: the input offset is the model's first op);
+            ``verify`` runs :func:`check_coreml` (spec-level checks; Linux
+            cannot run Core ML; ``verify_data`` is not used).
         minimum_deployment_target: ``"iOS16"`` (default), ``"iOS17"``,
             ``"iOS18"``, ``"macOS13"``...
         class_names: classifier labels (default: ImageNet names for 1000
             classes, else indices).
-        labels: a text file of class names, one per line (replaces
-            ``class_names``; its line count must equal the classes): the
-            ``classLabel`` values of the ``ClassifierConfig``.
         author, license, version, description: metadata.
-        outputs, fold: see :func:`.prepare.prepare_model` (the ImageType
-            keeps scale 1 / bias 0: the input offset is the model's first op).
-        verify: runs :func:`check_coreml` (spec-level checks; Linux cannot
-            run Core ML); ``verify_data`` is not used.
-        others: see :func:`.tflite.to_tflite`.
 
     Returns:
         ``(path, report)``.
@@ -183,20 +178,20 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
         ExportError: bad arguments (before any conversion work), e.g.
             ``palettize4`` without scikit-learn (the extra
             :data:`PALETTIZE_EXTRA` to install), a labels file that does not
-            fit; ExportVerificationError if a spec check fails.
+            fit; ExportVerificationError if a spec check fails; TypeError:
+            an unknown keyword.
     """
     from mobileone_tf import runtime
-    del verify_data  # accepted for a uniform signature; Core ML cannot run here
-    output = check_options(output, quantize=quantize, overwrite=overwrite, labels=labels,
-                           batch_size=batch_size, input_size=input_size)
-    class_names = check_classes(model, output, overwrite, labels, class_names,
+    options = export_options(options, **keywords)
+    output = check_options(output, options)
+    quantize = options.quantize
+    class_names = check_classes(model, output, options.overwrite, options.labels, class_names,
                                 labels_file=False)
     ct = runtime.import_coremltools()
     target = getattr(ct.target, minimum_deployment_target, None)
     if target is None:
         raise ExportError(f"Unknown minimum_deployment_target {minimum_deployment_target!r}")
-    job = start("coreml", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
-                input_size=input_size, names=class_names, outputs=outputs, fold=fold)
+    job = start("coreml", model, output, options, names=class_names)
     mlmodel = _convert(ct, job.fixed, job.labels, quantize, target)
     mlmodel = _compress(ct, _rename_outputs(ct, mlmodel, job.labels is not None,
                                                 prepare.output_names(job.fixed)), quantize)
@@ -207,9 +202,9 @@ def to_coreml(model, output, *, quantize="none", batch_size=1, input_size=224, f
         with quiet():
             mlmodel.save(staged)
         job.converted()
-        if verify:
+        if options.verify:
             _verify(job, staged, check_weights=quantize in ("none", "float32"))
-        return job.install(staged, report_path, write_labels=False)
+        return job.install(staged, options.report_path, write_labels=False)
 
 
 def _mil_ops(spec):

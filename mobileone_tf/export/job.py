@@ -7,8 +7,9 @@ import os
 import time
 
 from mobileone_tf.export import prepare
-from mobileone_tf.export.common import (ExportError, check_labels_output, install, labels_path,
-                                        size_bytes, write_report)
+from mobileone_tf.export.common import (FILE_FORMATS, SUFFIXES, ExportError, check_labels_output,
+                                        check_output, install, labels_path, size_bytes,
+                                        write_report)
 from mobileone_tf.export.metadata import read_labels
 from mobileone_tf.export.verify import verify_file
 
@@ -48,14 +49,14 @@ class ExportJob:
         self.report["convert_seconds"] = round(time.time() - self._start, 2)
         self.report.update(fields)
 
-    def finish(self, staged, *, verify, verify_data, strict, report_path,
-               write_labels=True):
-        """Verifies the staged file (:func:`.verify.verify_file`, when
-        ``verify``), then installs it; returns ``(path, report)``."""
-        if verify:
-            self.report["verification"] = verify_file(self.reference, staged, verify_data,
-                                                      strict)
-        return self.install(staged, report_path, write_labels)
+    def finish(self, staged, options, strict, write_labels=True):
+        """Verifies the staged file against :attr:`reference`
+        (:func:`.verify.verify_file`, when ``options.verify``; ``strict``:
+        a mismatch raises), then installs it; returns ``(path, report)``."""
+        if options.verify:
+            self.report["verification"] = verify_file(self.reference, staged,
+                                                      options.verify_data, strict)
+        return self.install(staged, options.report_path, write_labels)
 
     def install(self, staged, report_path=None, write_labels=True):
         """Moves the staged file to the output (``labels.txt`` beside it when
@@ -76,6 +77,23 @@ class ExportJob:
         if report_path:
             write_report(report, report_path)
         return self.output, report
+
+
+def check_export(fmt, output, options, calibrated=True):
+    """The cheap checks every format makes first: the values of ``options``
+    (:meth:`.options.ExportOptions.validate` with ``calibrated``), the output path
+    (:func:`.common.check_output`), a labels file's text; returns the output
+    path.
+
+    Raises:
+        ExportError: a bad value or output path (named).
+        OSError: an unreadable labels file (named).
+    """
+    options.validate(fmt, calibrated)
+    output = check_output(output, options.overwrite, SUFFIXES[fmt], is_file=fmt in FILE_FORMATS)
+    if options.labels is not None:
+        read_labels(options.labels)  # readable, one name per line (the count: check_classes)
+    return output
 
 
 def check_classes(model, output, overwrite, labels=None, class_names=None,
@@ -105,17 +123,19 @@ def check_classes(model, output, overwrite, labels=None, class_names=None,
     return class_names
 
 
-def start(fmt, model, output, *, quantize, fuse, batch_size, input_size, names=None,
-          labels=True, outputs=None, fold=True):
+def start(fmt, model, output, options, names=None, labels=True):
     """The :class:`ExportJob` of ``model`` (prepared with
-    :func:`.prepare.prepare_model`: ``outputs``, then the input normalization
-    folded unless ``fold=False``) to an already checked ``output``; with
-    ``labels``, the class names of :func:`.prepare.class_names` (``names``
-    or ImageNet's or indices) go with it."""
-    reference = prepare.prepare_model(model, fuse, batch_size, input_size, outputs=outputs,
-                                      fold=False)
-    fixed = prepare.fold_input_normalization(reference) if fold else reference
+    :func:`.prepare.prepare_model` as ``options`` say: ``fuse``,
+    ``batch_size``, ``input_size``, ``outputs``, then the input normalization
+    folded unless ``options.fold`` is False) to an already checked
+    ``output``; with ``labels``, the class names of
+    :func:`.prepare.class_names` (``names`` or ImageNet's or indices) go
+    with it."""
+    reference = prepare.prepare_model(model, options.fuse, options.batch_size,
+                                      options.input_size, outputs=options.outputs, fold=False)
+    fixed = prepare.fold_input_normalization(reference) if options.fold else reference
     label_list, source = prepare.class_names(fixed, names) if labels else (None, None)
-    job = ExportJob(fmt, output, fixed, quantize, fuse, label_list, source, reference)
+    job = ExportJob(fmt, output, fixed, options.quantize, options.fuse, label_list, source,
+                    reference)
     job.report["normalization"] = prepare.normalization_form(fixed)
     return job

@@ -8,21 +8,15 @@ import os
 import numpy as np
 
 from mobileone_tf.export import prepare
-from mobileone_tf.export.common import (INPUT_NAME, ExportError, check_arguments, quiet,
-                                        staging)
-from mobileone_tf.export.job import check_classes, start
-from mobileone_tf.export.metadata import read_labels
+from mobileone_tf.export.common import INPUT_NAME, quiet, staging
+from mobileone_tf.export.job import check_classes, check_export, start
+from mobileone_tf.export.options import export_options
 
 
-def check_options(output, *, quantize="none", overwrite=False, opset=17, labels=None,
-                  batch_size=1, input_size=224, **_):
-    """The cheap argument checks of :func:`to_onnx`; returns the output path."""
-    output = check_arguments("onnx", output, quantize, overwrite, batch_size, input_size)
-    if labels is not None:
-        read_labels(labels)
-    if int(opset) != opset or not 9 <= opset <= 18:
-        raise ExportError(f"opset must be an integer in 9..18 (tf2onnx 1.17); got {opset!r}")
-    return output
+def check_options(output, options):
+    """The cheap argument checks of :func:`to_onnx` (:func:`.job.check_export`);
+    returns the output path."""
+    return check_export("onnx", output, options)
 
 
 def onnx_proto(fixed, opset=17):
@@ -40,9 +34,7 @@ def onnx_proto(fixed, opset=17):
     return proto
 
 
-def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
-            overwrite=False, verify=True, verify_data=None, report_path=None,
-            class_names=None, quantize="none", outputs=None, fold=True, labels=None):
+def to_onnx(model, output, options=None, *, class_names=None, **keywords):
     """Exports ONNX with ``tf2onnx`` (static batch; ``labels.txt`` beside it).
 
     Input ``"image"`` float32 NHWC ``(B, H, W, 3)`` RGB 0..255; output
@@ -52,38 +44,36 @@ def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
         model: MobileOne ``keras.Model``; with ``fuse=False`` any functional
             model with one NHWC RGB image input.
         output: ``*.onnx`` path.
-        opset: ONNX opset (tf2onnx 1.17 supports 9..18; default 17).
-        verify: compare with the fused Keras model in onnxruntime (CPU),
-            strict (``verify=False`` skips, e.g. for benchmark files).
-        outputs, fold: see :func:`.prepare.prepare_model`.
-        labels: a text file of class names, one per line, for
-            ``labels.txt`` (replaces ``class_names``).
-        others: see :func:`.tflite.to_tflite` (an existing ``labels.txt``
-            beside the output needs ``overwrite``).
+        options: an :class:`.options.ExportOptions`, ``keywords`` replacing
+            its fields (as :func:`.tflite.to_tflite`): ``opset`` (tf2onnx
+            1.17 supports 9..18; default 17); ``verify``: compare with the
+            fused Keras model in onnxruntime (CPU), strict (``False`` skips,
+            e.g. for benchmark files); ``labels``: a text file of class
+            names, one per line, for ``labels.txt`` (replaces
+            ``class_names``); the others as for :func:`.tflite.to_tflite`
+            (an existing ``labels.txt`` beside the output needs ``overwrite``).
 
     Returns:
         ``(path, report)`` with ``opset``, ``ops`` (node op type counts),
         ``inputs``, ``outputs``.
 
     Raises:
-        ExportError, ExportVerificationError.
+        ExportError, ExportVerificationError; TypeError: an unknown keyword.
     """
     import onnx
-    output = check_options(output, quantize=quantize, overwrite=overwrite, opset=opset,
-                           labels=labels, batch_size=batch_size, input_size=input_size)
-    class_names = check_classes(model, output, overwrite, labels, class_names)
-    job = start("onnx", model, output, quantize=quantize, fuse=fuse, batch_size=batch_size,
-                input_size=input_size, names=class_names, outputs=outputs, fold=fold)
-    job.report["opset"] = int(opset)
+    options = export_options(options, **keywords)
+    output = check_options(output, options)
+    class_names = check_classes(model, output, options.overwrite, options.labels, class_names)
+    job = start("onnx", model, output, options, names=class_names)
+    job.report["opset"] = int(options.opset)
     with staging(output) as tmp:
         staged = os.path.join(tmp, "model.onnx")
-        proto = onnx_proto(job.fixed, opset)
+        proto = onnx_proto(job.fixed, options.opset)
         onnx.save(proto, staged)
         job.converted(ops=dict(collections.Counter(n.op_type for n in proto.graph.node)),
                       inputs=[_value(v) for v in proto.graph.input],
                       outputs=[_value(v) for v in proto.graph.output])
-        return job.finish(staged, verify=verify, verify_data=verify_data, strict=True,
-                          report_path=report_path)
+        return job.finish(staged, options, strict=True)
 
 
 def _rename_output(proto, name, index=0):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from mobileone_tf.export.common import INPUT_NAME, ExportError, check_geometry
+from mobileone_tf.export.options import OUTPUTS
 
 NORMALIZATION = "preprocessing"
 """Name of the builders' input normalization layer (a ``Rescaling``,
 :func:`mobileone_tf.models.build_backbone`)."""
 HEAD = "predictions"
 """Name of the builders' classifier layer (a ``Dense``)."""
-OUTPUTS = ("probabilities", "logits")
-"""What a classifier export outputs (:func:`set_outputs`)."""
 
 
 def prepare_model(model, fuse=True, batch_size=1, input_size=224, outputs=None, fold=True):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from mobileone_tf.export import prepare
-from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, quiet, staging
-from mobileone_tf.export.job import start
+from mobileone_tf.export.common import INPUT_NAME, quiet, staging
+from mobileone_tf.export.job import check_export, start
+from mobileone_tf.export.options import export_options
 
 
 def write_saved_model(fixed, path):
@@ -33,54 +34,46 @@ def write_saved_model(fixed, path):
         archive.write_out(path)
 
 
-def check_options(output, *, quantize="none", overwrite=False, labels=None, batch_size=1,
-                  input_size=224, **_):
-    """The cheap argument checks of :func:`to_saved_model`; returns the output.
+def check_options(output, options):
+    """The cheap argument checks of :func:`to_saved_model`
+    (:func:`.job.check_export`); returns the output.
 
     Raises:
         ExportError: see :func:`to_saved_model`; a ``labels`` file (a
             SavedModel carries no class names: not silently ignored).
     """
-    if labels is not None:
-        raise ExportError(f"labels file {labels} (--labels): a SavedModel carries no class "
-                          "names (--labels is for tflite, coreml and onnx)")
-    return check_arguments("saved_model", output, quantize, overwrite, batch_size, input_size)
+    return check_export("saved_model", output, options)
 
 
-def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
-                   overwrite=False, verify=True, verify_data=None, report_path=None,
-                   quantize="none", outputs=None, fold=True, labels=None):
+def to_saved_model(model, output, options=None, **keywords):
     """Exports a TensorFlow SavedModel (``serving_default`` signature).
 
     Args:
         model: MobileOne ``keras.Model`` (branched models are fused first).
         output: SavedModel directory to create.
-        batch_size, input_size, fuse: see :func:`.prepare.prepare_model`.
-        overwrite: replace an existing ``output``.
-        verify: compare with the fused Keras model (strict, float32).
-        verify_data: image folder or float32 array ``(N, H, W, 3)`` for
-            verification (default: 8 generated images).
-        report_path: also write the report as JSON there.
-        quantize: ``"none"`` only.
-        outputs, fold: see :func:`.prepare.prepare_model`.
-        labels: must be ``None`` (a SavedModel carries no class names; a
-            file is refused, not ignored).
+        options: an :class:`.options.ExportOptions`, ``keywords`` replacing
+            its fields (as :func:`.tflite.to_tflite`): ``batch_size``,
+            ``input_size``, ``fuse``, ``outputs``, ``fold``
+            (:func:`.prepare.prepare_model`); ``overwrite`` (replace an
+            existing ``output``); ``verify`` (compare with the fused Keras
+            model, strict, float32) on ``verify_data`` (image folder or float32
+            array ``(N, H, W, 3)``; default: 8 generated images);
+            ``report_path`` (also write the report as JSON there);
+            ``quantize``: ``"none"`` only; ``labels`` must be ``None`` (a
+            SavedModel carries no class names: a file is refused, not ignored).
 
     Returns:
         ``(path, report)``.
 
     Raises:
-        ExportError, ExportVerificationError.
+        ExportError, ExportVerificationError; TypeError: an unknown keyword.
     """
-    output = check_options(output, quantize=quantize, overwrite=overwrite, labels=labels,
-                           batch_size=batch_size, input_size=input_size)
-    job = start("saved_model", model, output, quantize=quantize, fuse=fuse,
-                batch_size=batch_size, input_size=input_size, labels=False, outputs=outputs,
-                fold=fold)
+    options = export_options(options, **keywords)
+    output = check_options(output, options)
+    job = start("saved_model", model, output, options, labels=False)
     with staging(output) as tmp:
         staged = os.path.join(tmp, "saved_model")
         write_saved_model(job.fixed, staged)
         inputs, outputs = prepare.keras_io(job.fixed)
         job.converted(inputs=inputs, outputs=outputs, signature="serving_default")
-        return job.finish(staged, verify=verify, verify_data=verify_data, strict=True,
-                          report_path=report_path)
+        return job.finish(staged, options, strict=True)

@@ -37,33 +37,41 @@ QUANTIZABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 FLOAT_OPS = ("SOFTMAX",)  # XNNPACK has no int8 softmax (issue 13): always float
 
 
-def calibrated_debugger(converter, dataset, int8_io=False):
+def fully_quantized(int8):
+    """Whether the file's input/output are integer: ``int8`` (an
+    :class:`.options.Int8Options` or ``None``) asks for int8 or uint8 I/O."""
+    return int8 is not None and int8.int8_io != "float"
+
+
+def calibrated_debugger(converter, dataset, int8=None):
     """A ``tf.lite.experimental.QuantizationDebugger`` built from an int8
     ``converter`` (``Optimize.DEFAULT``, ``representative_dataset`` set):
     calibrates once; its options keep SOFTMAX float (``denylisted_ops``) so
     that XNNPACK takes the whole graph (QUANTIZE or an int8 input, int8
-    layers, DEQUANTIZE, float SOFTMAX, then QUANTIZE for an int8 output with
-    ``int8_io``). ``dataset``: the debug dataset (a generator factory of
-    input lists), read only by ``debugger.run()``."""
+    layers, DEQUANTIZE, float SOFTMAX, then QUANTIZE for an int8 output when
+    ``int8.int8_io`` is ``"int8"``). ``dataset``: the debug dataset (a
+    generator factory of input lists), read only by ``debugger.run()``;
+    ``int8``: the :class:`.options.Int8Options` (``None``: float I/O)."""
     import tensorflow as tf
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS),
-                                                            fully_quantize=bool(int8_io))
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(FLOAT_OPS), fully_quantize=fully_quantized(int8))
     with warnings.catch_warnings():  # it opens its debug model with tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         return tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=dataset, debug_options=options)
 
 
-def requantize(debugger, *, float_nodes=(), float_ops=FLOAT_OPS, int8_io=False):
+def requantize(debugger, int8=None, *, float_nodes=(), float_ops=FLOAT_OPS):
     """The int8 flatbuffer (bytes) of ``debugger``'s calibrated model with
     the ops writing ``float_nodes`` (TFLite tensor names) and every op of the
-    types ``float_ops`` left in float32. No recalibration."""
+    types ``float_ops`` left in float32, integer I/O as ``int8`` says
+    (:func:`fully_quantized`). No recalibration."""
     import tensorflow as tf
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
             denylisted_ops=list(float_ops), denylisted_nodes=list(float_nodes),
-            fully_quantize=bool(int8_io))
+            fully_quantize=fully_quantized(int8))
     return debugger.get_nondebug_quantized_model()
 
 
@@ -165,12 +173,13 @@ def _listing(names, n=6):
     return ", ".join(names[:n]) + more
 
 
-def int8_with_float_layers(debugger, float_layers, names=None, int8_io=False):
+def int8_with_float_layers(debugger, int8, names=None):
     """``(flatbuffer, [{"name", "op", "tensor"}])``: the int8 model of
-    ``debugger`` with ``float_layers`` (Keras layer or tensor names; see
-    :func:`float_nodes`) in float32, and those layers."""
+    ``debugger`` with ``int8.float_layers`` (Keras layer or tensor names; see
+    :func:`float_nodes`) in float32, and those layers; ``int8``: the
+    :class:`.options.Int8Options`."""
     layers = quantizable_layers(debugger.calibrated_model, names)
-    nodes = float_nodes(float_layers, layers)
+    nodes = float_nodes(int8.float_layers, layers)
     kept = [{k: layer[k] for k in ("name", "op", "tensor")}
             for layer in layers if layer["tensor"] in nodes]
-    return requantize(debugger, float_nodes=nodes, int8_io=int8_io), kept
+    return requantize(debugger, int8, float_nodes=nodes), kept

@@ -50,6 +50,7 @@ import numpy as np
 from mobileone_tf.export import selective, tflite
 from mobileone_tf.export.common import ExportError
 from mobileone_tf.export.images import describe
+from mobileone_tf.export.options import export_options
 from mobileone_tf.export.saved_model import write_saved_model
 
 MODES = ("only", "all_but")
@@ -215,9 +216,9 @@ def sensitivity_scan(model, calibration_data, holdout_data, *, mode="only",
     from mobileone_tf.export import prepare
     if mode not in MODES:
         raise ExportError(f"mode must be one of {MODES}; got {mode!r}")
-    tflite.check_options("scan.tflite", quantize="int8", overwrite=True,
-                         calibration_data=calibration_data,
-                         calibration_steps=calibration_steps)
+    tflite.check_options("scan.tflite", export_options(
+        quantize="int8", overwrite=True, calibration_data=calibration_data,
+        calibration_steps=calibration_steps))
     say = progress or (lambda _: None)
     outputs = "logits" if prepare.output_name(model) == "probabilities" else None
     reference = prepare.prepare_model(model, fuse, batch_size, input_size, outputs=outputs,

@@ -15,56 +15,38 @@ from __future__ import annotations
 import os
 
 from mobileone_tf.export import selective
-from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, staging
+from mobileone_tf.export.common import INPUT_NAME, ExportError, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
-from mobileone_tf.export.job import check_classes, start
-from mobileone_tf.export.metadata import add_tflite_metadata, mediapipe_dir, read_labels
+from mobileone_tf.export.job import check_classes, check_export, start
+from mobileone_tf.export.metadata import add_tflite_metadata, mediapipe_dir
+from mobileone_tf.export.options import CALIBRATED, export_options
 from mobileone_tf.export.saved_model import write_saved_model
 
-INT8_IO = (False, True, "int8", "uint8")
 EQUALIZE_IMAGES = 64
 BIAS_CORRECTION_IMAGES = 128
 
 
-def check_options(output, *, quantize="none", overwrite=False, calibration_data=None,
-                  calibration_steps=100, int8_io=False, labels=None, bias_correction=False,
-                  float_layers=None, batch_size=1, input_size=224, **_):
-    """The cheap argument checks of :func:`to_tflite` (no image is read);
+def check_options(output, options):
+    """The cheap checks of :func:`to_tflite` (no image is read):
+    :func:`.job.check_export`, then that the calibration folders exist;
     returns the output path.
 
     Raises:
         ExportError: see :func:`to_tflite`.
         OSError: an unreadable labels file (named).
     """
-    output = check_arguments("tflite", output, quantize, overwrite, batch_size, input_size)
-    if int8_io not in INT8_IO:
-        raise ExportError(f"int8_io must be False, True, 'int8' or 'uint8'; got {int8_io!r}")
-    if int8_io and quantize != "int8":
-        raise ExportError("int8_io requires quantize='int8'")
-    if not isinstance(bias_correction, (bool, int)) or (
-            not isinstance(bias_correction, bool) and bias_correction < 1):
-        raise ExportError(f"bias_correction must be a bool or a number of images >= 1; "
-                          f"got {bias_correction!r}")
-    if bias_correction and quantize != "int8":
-        raise ExportError("bias_correction (--bias_correction) requires quantize='int8' "
-                          "(--quantize int8)")
-    if float_layers:
-        selective.check_float_layers(float_layers)
-        if quantize != "int8" or int8_io == "uint8":
-            raise ExportError("float_layers (--float_layers) requires quantize='int8' with "
-                              "float or int8 I/O")
-    if quantize in ("int8", "int16x8"):
-        if calibration_data is None or (isinstance(calibration_data, str)
-                                        and not calibration_data):
-            raise ExportError(f"quantize={quantize!r} needs calibration_data "
-                              "(--calibration_data DIR): a folder of representative images "
-                              "(never the evaluation set)")
-        check_image_source(calibration_data, "calibration_data")
-        if int(calibration_steps) < 1:
-            raise ExportError(f"calibration_steps must be >= 1; got {calibration_steps}")
-    if labels is not None:
-        read_labels(labels)  # readable, one name per line (the count is checked later)
+    output = check_export("tflite", output, options)
+    if options.quantize in CALIBRATED:
+        check_image_source(options.int8.calibration_source(), "calibration_data")
     return output
+
+
+def check_metadata(model, options):
+    """Finds MediaPipe's metadata writer (or raises the clear error naming
+    its install command) before
+    any conversion work, when ``options.metadata`` and the model has one output."""
+    if options.metadata and not isinstance(model.output, dict):
+        mediapipe_dir()
 
 
 def _full_batches(fixed, source, n, what):
@@ -139,26 +121,67 @@ def tflite_converter(saved, quantize, calibration=None, batch_size=1):
     return converter
 
 
-def _convert(source, tmp, quantize, calibration=None, int8_io=False, float_layers=None):
+def _convert(source, tmp, quantize, calibration, int8):
     """The flatbuffer of ``source`` (through a SavedModel under ``tmp``);
-    ``calibration``: int8 / int16x8 representative images, in whole batches.
-    int8 (float or int8 I/O) goes through
-    :func:`.selective.calibrated_debugger`: SOFTMAX and ``float_layers``
-    stay float32."""
+    ``calibration``: int8 / int16x8 representative images, in whole batches;
+    ``int8``: the :class:`.options.Int8Options`. int8 (float or int8 I/O)
+    goes through :func:`.selective.calibrated_debugger`: SOFTMAX and
+    ``int8.float_layers`` stay float32."""
     import tensorflow as tf
     saved = os.path.join(tmp, "saved_model")
     write_saved_model(source, saved)
     converter = tflite_converter(saved, quantize, calibration, int(source.input.shape[0]))
-    if quantize == "int8" and int8_io == "uint8":  # XNNPACK cannot take its uint8 -> int8
-        converter.inference_input_type = tf.uint8  # input step anyway
+    if quantize == "int8" and int8.int8_io == "uint8":  # XNNPACK cannot take its uint8 ->
+        converter.inference_input_type = tf.uint8  # int8 input step anyway
         converter.inference_output_type = tf.uint8
     elif quantize == "int8":
-        debugger = selective.calibrated_debugger(converter, None, int8_io)
-        if float_layers:
+        debugger = selective.calibrated_debugger(converter, None, int8)
+        if int8.float_layers:
             return selective.int8_with_float_layers(
-                debugger, float_layers, selective.keras_layer_names(source), int8_io)[0]
-        return selective.requantize(debugger, int8_io=int8_io)
+                debugger, int8, selective.keras_layer_names(source))[0]
+        return selective.requantize(debugger, int8)
     return converter.convert()
+
+
+def write_tflite(job, flatbuffer, tmp, options, float_layers=()):
+    """The one TFLite writer (PTQ and QAT files alike): ``flatbuffer`` staged
+    in ``tmp`` (a :func:`.common.staging` folder beside the output), its
+    tensors and op census in ``job.report``, TFLite metadata packed in
+    (:func:`.metadata.add_tflite_metadata`, unless ``options.metadata`` is
+    False; skipped for several outputs), the XNNPACK partitions, then
+    :meth:`.job.ExportJob.finish`: verification against ``job.reference``
+    (strict for ``quantize="none"``) and the atomic install with
+    ``labels.txt`` and the report JSON.
+
+    Args:
+        float_layers: Keras layers kept float32 (``report["float_layers"]``
+            lists the quantizable ops of the file that are float).
+
+    Returns:
+        ``(path, report)``.
+    """
+    from mobileone_tf import runtime
+    staged = os.path.join(tmp, "model.tflite")
+    with open(staged, "wb") as f:
+        f.write(flatbuffer)
+    inputs, outputs = runtime.tflite_io(staged)
+    if options.metadata and isinstance(job.fixed.output, dict):
+        job.report["metadata"] = ("skipped: MediaPipe's metadata writers describe one "
+                                  f"output; this model has {len(outputs)}")
+    elif options.metadata:
+        job.report["metadata"] = add_tflite_metadata(staged, job.fixed, job.labels,
+                                                     inputs, outputs)
+    job.converted(ops=runtime.tflite_ops(staged), inputs=inputs, outputs=outputs)
+    graph = runtime.tflite_graph_report(staged)
+    job.report["xnnpack"] = {"partitions": graph["delegate_partitions"],
+                             "all_delegated": graph["all_delegated"],
+                             "float_ops": graph["float_ops"]}
+    if float_layers:
+        job.report["float_layers"] = [
+            layer["name"] for layer in selective.quantizable_layers(
+                staged, selective.keras_layer_names(job.fixed))
+            if layer["dtype"] == "float32"]
+    return job.finish(staged, options, strict=options.quantize == "none")
 
 
 def quantization_inputs(fixed, calibration_data, calibration_steps=100, equalize=True):
@@ -172,12 +195,7 @@ def quantization_inputs(fixed, calibration_data, calibration_steps=100, equalize
     return (_equalized(fixed, calibration_data) if equalize else fixed), calibration
 
 
-def to_tflite(model, output, *, quantize="none", calibration_data=None,
-              calibration_steps=100, int8_io=False, batch_size=1, input_size=224,
-              fuse=True, overwrite=False, verify=True, verify_data=None,
-              report_path=None, class_names=None, equalize=True, labels=None,
-              metadata=True, outputs=None, fold=True, bias_correction=False,
-              float_layers=None, calibration_exclude=None):
+def to_tflite(model, output, options=None, *, class_names=None, **keywords):
     """Exports a TFLite / LiteRT flatbuffer (and ``labels.txt`` beside it)
     carrying TFLite metadata for MediaPipe Tasks / Android Studio.
 
@@ -185,72 +203,67 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
         model: MobileOne ``keras.Model``; with ``fuse=False`` any functional
             model with one NHWC RGB image input (e.g. a benchmark baseline).
         output: ``*.tflite`` path.
-        quantize: ``"none"`` (float32), ``"float16"`` (float16 weights,
-            float32 compute on CPU), ``"dynamic"`` (dynamic-range int8
-            weights), ``"int8"`` (full-integer PTQ, per-channel weights),
-            ``"int16x8"`` (int16 activations, int8 weights, whole model: no
-            XNNPACK kernels, measured in ``docs/quantization_sensitivity.md``).
-        float_layers: with ``"int8"``: Keras layer names (or TFLite tensor
-            names) of convolutions / dense layers kept in float32
-            (:mod:`.selective`; rank them with
-            :func:`mobileone_tf.export.sensitivity.sensitivity_scan`);
-            ``report["float_layers"]`` lists the quantizable ops of the file
-            that are float.
-        calibration_data: for ``"int8"``: a folder of images (recursive;
-            ``calibration_steps * batch_size`` of them spread over the sorted
-            listing, eval transform applied) or a float32 array
-            ``(N, H, W, 3)`` RGB 0..255 at the export size (its first images).
-        calibration_steps: number of representative batches (of
-            ``batch_size`` images).
-        calibration_exclude: glob patterns of calibration image paths to
-            leave out (e.g. the held-out slice settings are chosen on); a
-            list of folders as ``calibration_data`` is read as one listing
-            (:class:`mobileone_tf.data.ImageFolders`).
-        equalize: with ``"int8"`` and a fused MobileOne, first rescale the
-            weights with :func:`mobileone_tf.quantization.equalize_activations`
-            (64 calibration images; the float function is unchanged).
-            ``report["equalized"]`` says whether it was applied.
-        bias_correction: with ``"int8"`` and a fused MobileOne, then
-            subtract from every layer's bias the mean output shift its int8
-            weight rounding causes (:func:`mobileone_tf.quantization.correct_bias`;
-            Nagel et al. 2019, Sec. 4.2), measured on up to 128 of the
-            calibration images (``True``) or on that many images of
-            ``calibration_data`` (an int). ``report["bias_correction"]``: the
-            number of images, or ``False``.
-        int8_io: with ``"int8"``: ``False`` keeps float32 input/output;
-            ``True``/``"int8"`` makes them int8, ``"uint8"`` uint8 (the input
-            then takes ``pixel / scale + zero_point``: read the tensor's
-            quantization; calibrated on photos it is scale 1, zero point
-            -128 (int8: feed ``pixel - 128``, i.e. ``pixel ^ 0x80``) or 0
-            (uint8: feed camera pixels as they are)). float32 and int8 I/O
-            run as one XNNPACK partition (float softmax); a uint8 input's
-            requantization and the int8 softmax run outside XNNPACK.
-        batch_size, input_size, fuse: see :func:`.prepare.prepare_model`.
-        outputs: ``None`` (the model's top), ``"probabilities"`` or
-            ``"logits"`` (:func:`.prepare.set_outputs`).
-        fold: fold the input normalization into the stem convolution
-            (:func:`.prepare.fold_input_normalization`; ``False`` only to
-            measure what it saves).
-        overwrite, verify, verify_data, report_path: see
-            :func:`.saved_model.to_saved_model` (float32 verification is
-            strict; quantized files are compared without a verdict).
+        options: an :class:`.options.ExportOptions` (default: its defaults);
+            ``keywords`` replace its fields or those of its ``int8``
+            (:func:`.options.export_options`), e.g.
+            ``to_tflite(model, path, quantize="int8", calibration_data=DIR)``.
         class_names: labels for ``labels.txt`` and the metadata (default:
             ImageNet names for a 1000-class top).
-        labels: a text file of class names, one per line (replaces
-            ``class_names``; its line count must equal the classes).
-        metadata: pack TFLite metadata into the file (name, version,
-            licence, input normalization, RGB, labels:
-            :mod:`.metadata`; needs MediaPipe's writer, installed once with
-            ``python -m mobileone_tf.export.mediapipe_install``);
-            ``False`` skips it (works without it).
+
+    The settings (:class:`.options.ExportOptions`, :class:`.options.Int8Options`):
+
+    * ``quantize``: ``"none"`` (float32), ``"float16"`` (float16 weights,
+      float32 compute on CPU), ``"dynamic"`` (dynamic-range int8 weights),
+      ``"int8"`` (full-integer PTQ, per-channel weights), ``"int16x8"``
+      (int16 activations, int8 weights, whole model: no XNNPACK kernels,
+      measured in ``docs/quantization_sensitivity.md``).
+    * ``int8.calibration_data``: for int8 / int16x8: image folder(s)
+      (recursive; ``calibration_steps * batch_size`` images spread over the
+      sorted listing, eval transform applied) or a float32 array
+      ``(N, H, W, 3)`` RGB 0..255 at the export size (its first images);
+      ``calibration_exclude``: globs of paths left out (a held-out slice;
+      several folders are one listing, :class:`mobileone_tf.data.ImageFolders`).
+    * ``int8.equalize``: with int8 and a fused MobileOne, first rescale the
+      weights with :func:`mobileone_tf.quantization.equalize_activations` (64
+      calibration images; the float function is unchanged);
+      ``report["equalized"]`` says whether it was applied.
+    * ``int8.bias_correction``: with int8 and a fused MobileOne, then
+      subtract from every layer's bias the mean output shift its int8 weight
+      rounding causes (:func:`mobileone_tf.quantization.correct_bias`; Nagel
+      et al. 2019, Sec. 4.2), measured on up to 128 of the calibration
+      images (``True``) or on that many images of ``calibration_data`` (an
+      int); ``report["bias_correction"]``: the number of images, or ``False``.
+    * ``int8.float_layers``: with int8: Keras layer names (or TFLite tensor
+      names) of convolutions / dense layers kept in float32 (:mod:`.selective`;
+      rank them with :func:`mobileone_tf.export.sensitivity.sensitivity_scan`).
+    * ``int8.int8_io``: with int8: ``"float"`` keeps float32 input/output;
+      ``"int8"`` / ``"uint8"`` make them integer (the input then takes
+      ``pixel / scale + zero_point``: read the tensor's quantization;
+      calibrated on photos it is scale 1, zero point -128 (int8: feed
+      ``pixel - 128``, i.e. ``pixel ^ 0x80``) or 0 (uint8: feed camera pixels
+      as they are)). float32 and int8 I/O run as one XNNPACK partition (float
+      softmax); a uint8 input's requantization and the int8 softmax run
+      outside XNNPACK.
+    * ``batch_size``, ``input_size``, ``fuse``, ``outputs``, ``fold``: see
+      :func:`.prepare.prepare_model`.
+    * ``overwrite``, ``verify``, ``verify_data``, ``report_path``: see
+      :func:`.saved_model.to_saved_model` (float32 verification is strict;
+      quantized files are compared without a verdict).
+    * ``labels``: a text file of class names, one per line (replaces
+      ``class_names``; its line count must equal the classes).
+    * ``metadata``: pack TFLite metadata into the file (name, version,
+      licence, input normalization, RGB, labels: :mod:`.metadata`; needs
+      MediaPipe's writer, installed once with
+      ``python -m mobileone_tf.export.mediapipe_install``); ``False`` skips it.
 
     Returns:
         ``(path, report)``; the report has ``ops`` (builtin op counts),
         ``inputs``/``outputs`` (name, dtype, shape, quantization),
         ``metadata`` (:func:`.metadata.add_tflite_metadata`), ``xnnpack``
         (``partitions``, ``all_delegated``, ``float_ops``:
-        :func:`mobileone_tf.runtime.tflite_graph_report`) and
-        ``verification``.
+        :func:`mobileone_tf.runtime.tflite_graph_report`),
+        ``verification``; with int8 ``calibration`` (``data``, ``steps``,
+        ``int8_io``), ``equalized``, ``bias_correction``[, ``float_layers``].
 
     Raises:
         ExportError: invalid mode, missing calibration data, existing output
@@ -258,63 +271,31 @@ def to_tflite(model, output, *, quantize="none", calibration_data=None,
             path that is a folder, input size out of 32..4096, a labels file
             that does not fit the model (or is not UTF-8), MediaPipe
             unavailable.
+        TypeError: a keyword that is no option.
         ValueError: an undecodable calibration/verification image (named).
         ExportVerificationError: float32 file does not match Keras.
     """
-    from mobileone_tf import data, runtime
-    if calibration_exclude:
-        if data.image_folders(calibration_data) is None:
-            raise ExportError("calibration_exclude (--calibration_exclude) needs image folders "
-                              "as calibration_data")
-        calibration_data = data.image_folders(calibration_data, calibration_exclude)
-    output = check_options(output, quantize=quantize, overwrite=overwrite,
-                           calibration_data=calibration_data,
-                           calibration_steps=calibration_steps, int8_io=int8_io,
-                           labels=labels, bias_correction=bias_correction,
-                           float_layers=float_layers, batch_size=batch_size,
-                           input_size=input_size)
-    class_names = check_classes(model, output, overwrite, labels, class_names)
-    several = isinstance(model.output, dict)  # pyramid levels: MediaPipe's writers take one
-    if metadata and not several:
-        mediapipe_dir()  # MediaPipe there (or a clear error) before any conversion work
-    job = start("tflite", model, output, quantize=quantize, fuse=fuse,
-                batch_size=batch_size, input_size=input_size, names=class_names,
-                outputs=outputs, fold=fold)
+    options = export_options(options, **keywords)
+    output = check_options(output, options)
+    int8 = options.int8
+    class_names = check_classes(model, output, options.overwrite, options.labels, class_names)
+    check_metadata(model, options)
+    job = start("tflite", model, output, options, names=class_names)
     source, calibration = job.fixed, None
-    if float_layers:
-        selective.check_float_layers(float_layers, selective.keras_layer_names(job.fixed))
-    if quantize in ("int8", "int16x8"):
+    if int8.float_layers:
+        selective.check_float_layers(int8.float_layers, selective.keras_layer_names(job.fixed))
+    if options.quantize in CALIBRATED:
+        calibration_data = int8.calibration_source()
         source, calibration = quantization_inputs(job.fixed, calibration_data,
-                                                  calibration_steps, equalize)
-        if equalize:
+                                                  int8.calibration_steps, int8.equalize)
+        if int8.equalize:
             job.report["equalized"] = source is not job.fixed
         source, job.report["bias_correction"] = (
-            _bias_corrected(source, calibration, calibration_data, bias_correction,
-                            float_layers) if bias_correction else (source, False))
+            _bias_corrected(source, calibration, calibration_data, int8.bias_correction,
+                            int8.float_layers) if int8.bias_correction else (source, False))
         job.report["calibration"] = {"data": describe(calibration_data, len(calibration)),
-                                     "steps": int(calibration_steps),
-                                     "int8_io": int8_io or False}
+                                     "steps": int(int8.calibration_steps),
+                                     "int8_io": int8.int8_io}
     with staging(output) as tmp:
-        staged = os.path.join(tmp, "model.tflite")
-        flatbuffer = _convert(source, tmp, quantize, calibration, int8_io, float_layers)
-        with open(staged, "wb") as f:
-            f.write(flatbuffer)
-        inputs, outputs = runtime.tflite_io(staged)
-        if metadata and several:
-            job.report["metadata"] = ("skipped: MediaPipe's metadata writers describe one "
-                                      f"output; this model has {len(outputs)}")
-        elif metadata:
-            job.report["metadata"] = add_tflite_metadata(staged, job.fixed, job.labels,
-                                                         inputs, outputs)
-        job.converted(ops=runtime.tflite_ops(staged), inputs=inputs, outputs=outputs)
-        graph = runtime.tflite_graph_report(staged)
-        job.report["xnnpack"] = {"partitions": graph["delegate_partitions"],
-                                 "all_delegated": graph["all_delegated"],
-                                 "float_ops": graph["float_ops"]}
-        if float_layers:
-            job.report["float_layers"] = [
-                layer["name"] for layer in selective.quantizable_layers(
-                    staged, selective.keras_layer_names(job.fixed))
-                if layer["dtype"] == "float32"]
-        return job.finish(staged, verify=verify, verify_data=verify_data,
-                          strict=quantize == "none", report_path=report_path)
+        flatbuffer = _convert(source, tmp, options.quantize, calibration, int8)
+        return write_tflite(job, flatbuffer, tmp, options, int8.float_layers)

@@ -16,10 +16,14 @@ runs on the device:
    data instead of TFMOT's ``[-6, 6]`` start;
 5. :func:`fine_tune` (:mod:`.distillation`): ``fit`` with knowledge
    distillation from the float model, so unlabelled in-domain images suffice;
-6. :func:`export_tflite` (:mod:`.qat`): full-integer int8 TFLite, verified
-   against the QAT Keras model; :func:`quantization_aware_training` runs
-   1-6 end to end, :func:`qat_from_weights` from a variant and weights
-   (``scripts/qat.py``). Training images from a folder: :func:`qat_dataset`.
+6. :func:`qat_flatbuffer` (:mod:`.qat`): the full-integer int8 TFLite
+   flatbuffer; :func:`quantization_aware_training` runs 1-5 end to end with
+   its settings in one :class:`QatOptions` (:mod:`.options`),
+   :func:`qat_from_weights` from a variant and weights. Training images
+   from a folder: :func:`qat_dataset`. The file itself (staging,
+   verification against the QAT model, TFLite metadata, atomic install)
+   is written by the export's one TFLite writer:
+   ``mobileone_tf.export.qat_to_tflite`` (``scripts/qat.py``).
 
 Post-training quantization (no training) is
 ``mobileone_tf.export.to_tflite(model, output, quantize="int8",
@@ -43,18 +47,20 @@ from mobileone_tf.quantization.distillation import (MIX_MODES, check_schedule,
                                                     distillation_loss, fine_tune, mix_images)
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
-from mobileone_tf.quantization.qat import (IO_TYPES, correct_qat_biases, export_tflite,
-                                           qat_from_weights,
-                                           quantization_aware_training)
+from mobileone_tf.quantization.options import INT8_IO, QatOptions, qat_options
+from mobileone_tf.quantization.qat import (correct_qat_biases, fixed_batch, qat_flatbuffer,
+                                           qat_from_weights, qat_inputs,
+                                           quantization_aware_training, skipped_report)
 from mobileone_tf.quantization.tfkeras import (MissingExtraError, check_qat_dependencies,
                                                 load_tfmot, quantize, to_tf_keras)
 
 __all__ = [
-    "IO_TYPES", "MIX_MODES", "MissingExtraError", "calibrate_ranges", "check_qat_dependencies",
-    "check_schedule", "correct_bias",
+    "INT8_IO", "MIX_MODES", "MissingExtraError", "QatOptions", "calibrate_ranges",
+    "check_qat_dependencies", "check_schedule", "correct_bias",
     "correct_qat_biases", "distillation_loss",
-    "equalize_activations", "int8_weights",
-    "export_tflite", "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",
-    "qat_dataset", "qat_from_weights", "quantization_aware_training", "quantize",
+    "equalize_activations", "int8_weights", "fixed_batch",
+    "fine_tune", "frozen_ranges", "fused_mobileone", "load_tfmot", "mix_images",
+    "qat_dataset", "qat_flatbuffer", "qat_from_weights", "qat_inputs", "qat_options",
+    "quantization_aware_training", "quantize", "skipped_report",
     "take_images", "to_tf_keras",
 ]

@@ -1,30 +1,28 @@
-"""Quantization-aware training end to end, and the QAT model's int8 TFLite export.
+"""Quantization-aware training end to end, and the QAT model's int8 flatbuffer.
 
 :func:`quantization_aware_training`: fused Keras 3 MobileOne -> (equalize)
 -> ``tf_keras`` -> TFMOT fake-quant -> calibrate ranges -> distillation
-fine-tuning -> full-integer int8 ``.tflite`` (:func:`export_tflite`),
-verified against the QAT Keras model with :func:`mobileone_tf.runtime.run_tflite`.
-:func:`qat_from_weights` builds the float model from a variant and weights
-first (what ``scripts/qat.py`` runs).
+fine-tuning -> (bias correction): the QAT model, with its settings in one
+:class:`.options.QatOptions`. :func:`qat_flatbuffer` converts it to a
+full-integer int8 TFLite flatbuffer. Writing the file (staging, verification
+against the QAT model, TFLite metadata, atomic install, report) is the
+export's one TFLite writer: :func:`mobileone_tf.export.qat_to_tflite` runs
+both (``scripts/qat.py``). :func:`qat_inputs` checks the settings, lists the
+training images and builds the float model of a variant and weights.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from mobileone_tf.quantization.bias_correction import correct_bias
 from mobileone_tf.quantization.calibration import calibrate_ranges
-from mobileone_tf.quantization.distillation import check_schedule, fine_tune
+from mobileone_tf.quantization.distillation import fine_tune
 from mobileone_tf.quantization.equalization import equalize_activations, take_images
 from mobileone_tf.quantization.images import qat_dataset
+from mobileone_tf.quantization.options import INT8_IO, qat_options
 from mobileone_tf.quantization.tfkeras import (check_qat_dependencies, load_tfmot, quantize,
                                                 to_tf_keras)
-
-IO_TYPES = ("float32", "int8", "uint8")
-"""TFLite input/output tensor types of :func:`export_tflite` (``"float"`` is
-accepted for ``"float32"``)."""
 
 EQUALIZATION_IMAGES = 64
 """Images :func:`quantization_aware_training` takes from ``train_data`` for
@@ -40,165 +38,123 @@ BIAS_CORRECTION_IMAGES = 128
 :func:`mobileone_tf.quantization.correct_bias`."""
 
 
-def _io_type(io):
-    io = "float32" if io == "float" else io
-    if io not in IO_TYPES:
-        raise ValueError(f"io must be one of {', '.join(IO_TYPES)}; got {io!r}")
-    return io
+def fixed_batch(qat_model, batch_size=1):
+    """The ``tf_keras`` model ``qat_model`` with a fixed batch dimension
+    (XNNPACK wants one; the converter and the verification run it)."""
+    tf_keras, _ = load_tfmot()
+    inp = tf_keras.layers.Input(shape=tuple(qat_model.input_shape[1:]), batch_size=batch_size)
+    return tf_keras.Model(inp, qat_model(inp, training=False))
 
 
-def _check_output(output, overwrite):
-    output = os.fspath(output)
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"{output} exists (pass overwrite=True)")
-    return output
-
-
-def _fixed_batch(tf_keras_model, tf_keras, batch_size=1):
-    """Same model with a fixed batch dimension (XNNPACK wants one)."""
-    shape = tuple(tf_keras_model.input_shape[1:])
-    inp = tf_keras.layers.Input(shape=shape, batch_size=batch_size)
-    return tf_keras.Model(inp, tf_keras_model(inp, training=False))
-
-
-def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_data=None):
-    """Converts a QAT ``tf_keras`` model to a full-integer int8 TFLite file.
-
-    The converter takes the activation ranges from the fake-quant nodes
-    (no representative dataset); batch size 1.
+def qat_flatbuffer(qat_model, int8_io="float"):
+    """The full-integer int8 TFLite flatbuffer (bytes) of a QAT ``tf_keras``
+    model, batch size 1. The converter takes the activation ranges from the
+    fake-quant nodes (no representative dataset).
 
     Args:
         qat_model: from :func:`mobileone_tf.quantization.quantize` /
-            :func:`mobileone_tf.quantization.fine_tune`.
-        output: ``.tflite`` path (written atomically: nothing on error).
-        io: ``"float32"`` (quantize/dequantize at the edges), ``"int8"`` or
-            ``"uint8"`` input and output tensors.
-        overwrite: replace an existing ``output``.
-        verify_data: optional float32 images ``(N, H, W, 3)`` RGB 0..255; the
-            TFLite logits are compared with the QAT Keras model's.
-
-    Returns:
-        ``(path, report)``; ``report`` has ``size_bytes``, ``ops`` (sorted op
-        names), ``float_ops`` (empty), and with ``verify_data``
-        ``top1_agreement``, ``max_abs_diff`` and ``mean_abs_diff`` (logits)
-        and ``output_scale`` (one int8 step of the output, logits).
+            :func:`quantization_aware_training`.
+        int8_io: the input/output type, one of :data:`.options.INT8_IO`:
+            ``"float"`` (float32, quantize/dequantize at the edges),
+            ``"int8"`` or ``"uint8"``.
 
     Raises:
-        ValueError: ``io`` not in :data:`IO_TYPES`.
-        FileExistsError: ``output`` exists and not ``overwrite``.
+        ValueError: ``int8_io`` not in :data:`.options.INT8_IO`.
         RuntimeError: the converted model has float ops besides the edges.
     """
     import tensorflow as tf
-    from mobileone_tf import fileio, runtime
-    io = _io_type(io)
-    output = _check_output(output, overwrite)
-    tf_keras, _ = load_tfmot()
-    converter = tf.lite.TFLiteConverter.from_keras_model(_fixed_batch(qat_model, tf_keras))
+    from mobileone_tf import runtime
+    if int8_io not in INT8_IO:
+        raise ValueError(f"int8_io (--int8_io) must be one of {', '.join(INT8_IO)}; "
+                         f"got {int8_io!r}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed_batch(qat_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if io != "float32":
-        converter.inference_input_type = getattr(tf, io)
-        converter.inference_output_type = getattr(tf, io)
-    data = converter.convert()
-    graph = runtime.tflite_graph_report(data)
-    if graph["float_ops"]:
-        raise RuntimeError(f"Not a full-integer model: float ops {graph['float_ops']}")
-    report = {"ops": sorted(graph["ops"]), "float_ops": graph["float_ops"]}
-    if verify_data is not None:
-        verify_data = np.asarray(verify_data, np.float32)
-        ref = qat_model(verify_data, training=False).numpy()
-        got = runtime.run_tflite(data, verify_data)
-        report.update(top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
-                      max_abs_diff=float(np.abs(ref - got).max()),
-                      mean_abs_diff=float(np.abs(ref - got).mean()),
-                      output_scale=graph["output_step"])
-    path = fileio.atomic_write(output, data, overwrite=overwrite)
-    report["size_bytes"] = os.path.getsize(path)
-    return path, report
+    if int8_io != "float":
+        converter.inference_input_type = getattr(tf, int8_io)
+        converter.inference_output_type = getattr(tf, int8_io)
+    flatbuffer = converter.convert()
+    float_ops = runtime.tflite_graph_report(flatbuffer)["float_ops"]
+    if float_ops:
+        raise RuntimeError(f"Not a full-integer model: float ops {float_ops}")
+    return flatbuffer
 
 
-def quantization_aware_training(model, train_data, output, *, epochs=1,
-                                steps_per_epoch=None, learning_rate=1e-5,
-                                temperature=2.0, label_weight=0.0, io="float32",
-                                checkpoint_dir=None, resume=True, overwrite=False,
-                                input_size=None, verify_data=None, calibration_steps=10,
-                                equalize=True, mix=None, mix_alpha=1.0, batch_size=32,
-                                verbose=1, freeze_ranges=False, exclude=None,
-                                augment=True, bias_correction=False):
-    """Fused Keras 3 MobileOne -> QAT by distillation -> int8 TFLite file.
+def quantization_aware_training(model, train_data, options=None, **keywords):
+    """Fused Keras 3 MobileOne -> QAT by distillation: the QAT model.
 
     Args:
         model: fused Keras 3 MobileOne with classifier (``mobileone_tf.fuse``).
         train_data: a ``tf.data.Dataset`` (see
             :func:`mobileone_tf.quantization.fine_tune`) or a folder of images
             or a list of folders
-            (:func:`mobileone_tf.quantization.qat_dataset`, ``batch_size``,
-            the model's input size, ``exclude``, ``augment``).
-        output: ``.tflite`` path.
-        equalize: rescale the float weights with
+            (:func:`mobileone_tf.quantization.qat_dataset` with the options'
+            ``batch_size``, ``image_size`` (default: the model's input size),
+            ``calibration_exclude``, ``augment``, ``seed``).
+        options: a :class:`.options.QatOptions`; ``keywords`` replace its
+            fields. ``equalize``: rescale the float weights with
             :func:`mobileone_tf.quantization.equalize_activations`
             (:data:`EQUALIZATION_IMAGES` images from ``train_data``) before
             quantizing; the float function is unchanged, the int8 one much
-            closer to it.
-        bias_correction: after fine-tuning, subtract from each layer's bias
-            the mean shift the export's int8 weight rounding causes
-            (:func:`mobileone_tf.quantization.correct_bias` on the trained
-            weights, :data:`BIAS_CORRECTION_IMAGES` images of ``train_data``;
-            per channel, per tensor for :data:`QAT_PER_TENSOR`). TFMOT's
-            default scheme puts a ``NoOpQuantizeConfig`` on a convolution
-            followed by a ReLU layer: the fine-tuning never sees the
-            convolutions' weight rounding, which the converter applies only
-            at export, so the correction is made after it.
-        calibration_steps: batches for
+            closer to it. ``calibration_steps``: batches for
             :func:`mobileone_tf.quantization.calibrate_ranges` before
             fine-tuning (0: keep TFMOT's [-6, 6] start; skipped when a
             checkpoint is resumed, which restores the ranges).
-        batch_size: batch size when ``train_data`` is a folder.
-        Other arguments: :func:`mobileone_tf.quantization.fine_tune` and
-            :func:`export_tflite`.
+            ``bias_correction``: after fine-tuning, subtract from each
+            layer's bias the mean shift the export's int8 weight rounding
+            causes (:func:`correct_qat_biases` on the trained weights,
+            :data:`BIAS_CORRECTION_IMAGES` images of ``train_data``; per
+            channel, per tensor for :data:`QAT_PER_TENSOR`). TFMOT's default
+            scheme puts a ``NoOpQuantizeConfig`` on a convolution followed
+            by a ReLU layer: the fine-tuning never sees the convolutions'
+            weight rounding, which the converter applies only at export, so
+            the correction is made after it. The rest:
+            :func:`mobileone_tf.quantization.fine_tune`.
 
     Returns:
-        ``(qat_model, path, report)`` (``report`` from :func:`export_tflite`
-        plus ``history``; for a folder also ``skipped_images``, the
-        undecodable files left out, and ``skipped``, a one-line description
-        of them, ``""`` when none).
+        ``(qat_model, report)``: the fine-tuned ``tf_keras`` QAT model and
+        ``{"history", "equalized", "bias_correction"}`` (for a folder also
+        ``skipped_images``, the undecodable files left out, and
+        ``skipped``, a one-line description of them, ``""`` when none).
 
     Raises:
         ValueError: not a fused MobileOne, empty/unreadable folder, bad options
             (e.g. ``epochs`` < 1 or ``steps_per_epoch`` < 1, checked before any
             work).
         FileNotFoundError: ``train_data`` folder missing.
-        FileExistsError: ``output`` exists and not ``overwrite``.
-        Nothing is written on error (checkpoints of finished epochs stay in
-        ``checkpoint_dir`` for ``resume``).
+        TypeError: a keyword that is no :class:`.options.QatOptions` field.
+        Checkpoints of finished epochs stay in ``checkpoint_dir`` for ``resume``.
     """
-    _io_type(io)
-    check_schedule(epochs, steps_per_epoch)
-    _check_output(output, overwrite)
-    teacher, _ = to_tf_keras(model, input_size=input_size)
+    options = qat_options(options, **keywords).validate()
+    teacher, _ = to_tf_keras(model, input_size=options.image_size)
     skipped = None
     if isinstance(train_data, (str, os.PathLike, list, tuple)):
-        size = input_size or model.input_shape[1] or 224
-        train_data, skipped = qat_dataset(train_data, image_size=size, batch_size=batch_size,
-                                          with_skipped=True, exclude=exclude, augment=augment)
-    if equalize:
+        size = options.image_size or model.input_shape[1] or 224
+        train_data, skipped = qat_dataset(train_data, image_size=size,
+                                          batch_size=options.batch_size, with_skipped=True,
+                                          exclude=options.calibration_exclude,
+                                          augment=options.dataset_augment(), seed=options.seed)
+    if options.equalize:
         model = equalize_activations(model, take_images(train_data, EQUALIZATION_IMAGES))
-    student, _ = to_tf_keras(model, input_size=input_size)
+    student, _ = to_tf_keras(model, input_size=options.image_size)
     qat_model = quantize(student)
-    if calibration_steps:
-        calibrate_ranges(qat_model, train_data, steps=calibration_steps)
-    history = fine_tune(qat_model, teacher, train_data, epochs=epochs,
-                        steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
-                        temperature=temperature, label_weight=label_weight,
-                        checkpoint_dir=checkpoint_dir, resume=resume, mix=mix,
-                        mix_alpha=mix_alpha, verbose=verbose, freeze_ranges=freeze_ranges)
-    if bias_correction:
-        correct_qat_biases(qat_model, model, take_images(train_data, BIAS_CORRECTION_IMAGES))
-    path, report = export_tflite(qat_model, output, io=io, overwrite=overwrite,
-                                 verify_data=verify_data)
-    report["history"] = history.history if history is not None else {}
+    if options.calibration_steps:
+        calibrate_ranges(qat_model, train_data, steps=options.calibration_steps)
+    history = fine_tune(qat_model, teacher, train_data, epochs=options.epochs,
+                        steps_per_epoch=options.steps_per_epoch,
+                        learning_rate=options.learning_rate, temperature=options.temperature,
+                        label_weight=options.label_weight, checkpoint_dir=options.checkpoint_dir,
+                        resume=options.resume, mix=options.fine_tune_mix(),
+                        mix_alpha=options.mix_alpha, verbose=options.verbose,
+                        freeze_ranges=options.freeze_ranges)
+    report = {"history": history.history if history is not None else {},
+              "equalized": bool(options.equalize), "bias_correction": False}
+    if options.bias_correction:
+        images = take_images(train_data, BIAS_CORRECTION_IMAGES)
+        correct_qat_biases(qat_model, model, images)
+        report["bias_correction"] = len(images)
     if skipped is not None:
-        _report_skipped(report, skipped)
-    return qat_model, path, report
+        report.update(skipped_report(skipped))
+    return qat_model, report
 
 
 def correct_qat_biases(qat_model, model, images):
@@ -250,54 +206,66 @@ def _kernel_and_bias(layer):
     return named.get("depthwise_kernel", named.get("kernel")), named["bias"]
 
 
-def _report_skipped(report, skipped):
+def skipped_report(skipped):
+    """``{"skipped_images": [...], "skipped": one line}`` of the undecodable
+    training files left out (``""`` when none)."""
     from mobileone_tf import data
-    report["skipped_images"] = list(skipped)
-    report["skipped"] = data.describe_skipped(skipped)
+    return {"skipped_images": list(skipped), "skipped": data.describe_skipped(skipped)}
 
 
-def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
-                     batch_size=32, overwrite=False, exclude=None, augment=True, seed=0,
-                     **kwargs):
-    """:func:`quantization_aware_training` of ``MobileOne(variant, weights)``.
+def qat_inputs(variant, weights, train_data, options=None, **keywords):
+    """What :func:`quantization_aware_training` of ``MobileOne(variant,
+    weights)`` starts from: ``(model, dataset, skipped)``.
 
-    Checks ``output`` and lists ``train_data`` before building the float
-    model (fused, logits, ``image_size`` input), so a user error costs no
-    weights download.
+    Checks the settings and the QAT dependencies, then lists ``train_data``
+    before building the float model (fused, logits, ``image_size`` input,
+    224 by default), so a user error costs no weights download.
 
     Args:
         variant: ``"s0"``..``"s4"``.
         weights: ``"imagenet"``, ``None``, a ``.weights.h5`` or a PyTorch
             checkpoint (see :func:`mobileone_tf.MobileOne`).
-        train_data: folder of (unlabelled) images, or a list of folders.
-        output: ``.tflite`` path.
-        image_size: training and export input size (pixels).
-        exclude, augment, seed: :func:`mobileone_tf.quantization.qat_dataset`
-            (e.g. ``exclude`` a held-out slice).
-        batch_size, overwrite, **kwargs: :func:`quantization_aware_training`.
+        train_data: folder of (unlabelled) images, or a list of folders
+            (:func:`mobileone_tf.quantization.qat_dataset` with the options'
+            ``batch_size``, ``calibration_exclude`` (e.g. a held-out slice),
+            ``augment``, ``seed``).
+        options, keywords: a :class:`.options.QatOptions` and fields replaced.
 
     Returns:
-        ``(qat_model, path, report)`` as :func:`quantization_aware_training`.
+        ``(model, dataset, skipped)``: the fused Keras 3 model, the
+        ``tf.data.Dataset`` of training batches, the undecodable files.
 
     Raises:
         ValueError: unknown variant, weights for another variant, empty or
             unreadable folder, bad options (``epochs`` / ``steps_per_epoch``
             < 1: checked before the folder is listed).
         FileNotFoundError: missing folder or weights file.
-        FileExistsError: ``output`` exists and not ``overwrite``.
         MissingExtraError: TFMOT / tf_keras not installed (the ``qat`` extra).
     """
     import mobileone_tf as mo
-    _io_type(kwargs.get("io", "float32"))
+    options = qat_options(options, **keywords).validate()
     check_qat_dependencies()
-    check_schedule(kwargs.get("epochs", 1), kwargs.get("steps_per_epoch"))
-    _check_output(output, overwrite)
-    dataset, skipped = qat_dataset(train_data, image_size=image_size, batch_size=batch_size,
-                                   with_skipped=True, exclude=exclude, augment=augment,
-                                   seed=seed)
-    model = mo.MobileOne(variant, weights=weights, fused=True,
-                         input_shape=(image_size, image_size, 3), classifier_activation=None)
-    qat_model, path, report = quantization_aware_training(
-        model, dataset, output, overwrite=overwrite, **kwargs)
-    _report_skipped(report, skipped)
-    return qat_model, path, report
+    size = options.image_size or 224
+    dataset, skipped = qat_dataset(train_data, image_size=size, batch_size=options.batch_size,
+                                   with_skipped=True, exclude=options.calibration_exclude,
+                                   augment=options.dataset_augment(), seed=options.seed)
+    model = mo.MobileOne(variant, weights=weights, fused=True, input_shape=(size, size, 3),
+                         classifier_activation=None)
+    return model, dataset, skipped
+
+
+def qat_from_weights(variant, weights, train_data, options=None, **keywords):
+    """:func:`quantization_aware_training` of ``MobileOne(variant, weights)``
+    (:func:`qat_inputs`); returns ``(qat_model, model, report)``: the QAT
+    model, the fused float model it was made from, and the report (with
+    ``skipped_images`` / ``skipped``). The int8 file:
+    :func:`mobileone_tf.export.qat_to_tflite`.
+
+    Raises:
+        See :func:`qat_inputs` and :func:`quantization_aware_training`.
+    """
+    options = qat_options(options, **keywords)
+    model, dataset, skipped = qat_inputs(variant, weights, train_data, options)
+    qat_model, report = quantization_aware_training(model, dataset, options)
+    report.update(skipped_report(skipped))
+    return qat_model, model, report
