@@ -5,6 +5,7 @@ argument check of a format, no model or image touched)."""
 
 from __future__ import annotations
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import coreml, onnx, saved_model, tflite
 from mobileone_tf.export.common import FORMATS, ExportError
 from mobileone_tf.export.prepare import OUTPUTS
@@ -21,6 +22,7 @@ def _exporter(format):
     return EXPORTERS[format]
 
 
+@mobileone_export("mobileone_tf.export")
 def check_options(format, output, include_top=None, **kwargs):
     """The argument checks ``to_{format}`` makes before touching the model
     (mode, output path, format options and their dependencies, a
@@ -47,6 +49,7 @@ def check_options(format, output, include_top=None, **kwargs):
     return _CHECKS[format](output, **kwargs)
 
 
+@mobileone_export("mobileone_tf.export")
 def format_options(format, options):
     """The entries of ``options`` that ``to_{format}`` takes (a script passes
     every flag; e.g. ``opset`` goes to ONNX only). Every format takes
@@ -61,6 +64,7 @@ def format_options(format, options):
     return {k: v for k, v in options.items() if k in params}
 
 
+@mobileone_export("mobileone_tf.export")
 def export(model, output, format, **kwargs):
     """Dispatches to ``to_{format}(model, output, **kwargs)``.
 
@@ -70,6 +74,7 @@ def export(model, output, format, **kwargs):
     return _exporter(format)(model, output, **kwargs)
 
 
+@mobileone_export("mobileone_tf.export")
 def export_variant(variant, output, format, *, weights="imagenet", include_top=True,
                    classes=1000, classifier_activation="softmax",
                    include_preprocessing=True, **kwargs):

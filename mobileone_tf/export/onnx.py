@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import (INPUT_NAME, ExportError, check_arguments, quiet,
                                         staging)
@@ -40,6 +41,7 @@ def onnx_proto(fixed, opset=17):
     return proto
 
 
+@mobileone_export("mobileone_tf.export")
 def to_onnx(model, output, *, opset=17, batch_size=1, input_size=224, fuse=True,
             overwrite=False, verify=True, verify_data=None, report_path=None,
             class_names=None, quantize="none", outputs=None, fold=True, labels=None):

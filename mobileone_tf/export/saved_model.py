@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, quiet, staging
 from mobileone_tf.export.job import start
@@ -47,6 +48,7 @@ def check_options(output, *, quantize="none", overwrite=False, labels=None, batc
     return check_arguments("saved_model", output, quantize, overwrite, batch_size, input_size)
 
 
+@mobileone_export("mobileone_tf.export")
 def to_saved_model(model, output, *, batch_size=1, input_size=224, fuse=True,
                    overwrite=False, verify=True, verify_data=None, report_path=None,
                    quantize="none", outputs=None, fold=True, labels=None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import selective
 from mobileone_tf.export.common import INPUT_NAME, ExportError, check_arguments, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
@@ -172,6 +173,7 @@ def quantization_inputs(fixed, calibration_data, calibration_steps=100, equalize
     return (_equalized(fixed, calibration_data) if equalize else fixed), calibration
 
 
+@mobileone_export("mobileone_tf.export")
 def to_tflite(model, output, *, quantize="none", calibration_data=None,
               calibration_steps=100, int8_io=False, batch_size=1, input_size=224,
               fuse=True, overwrite=False, verify=True, verify_data=None,

@@ -20,6 +20,7 @@ import tempfile
 
 from mobileone_tf import models as mo_models
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.hub.backbone import MobileOneBackbone
 from mobileone_tf.hub.preset_files import CONFIG, TASK, check_preset
 from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
@@ -27,6 +28,7 @@ from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
                                     MobileOneImageConverter, load_classifier_weights)
 
 
+@mobileone_export("mobileone_tf.hub")
 def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=False):
     """Writes a KerasHub preset directory from a MobileOne checkpoint.
 
@@ -90,6 +92,7 @@ def _variant_of(description):
     return variants.get_variant(match.group(1)).name
 
 
+@mobileone_export("mobileone_tf.hub")
 def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False):
     """Presets ``{output_root}/mobileone_{variant}_imagenet`` for S0-S4.
 
@@ -112,6 +115,7 @@ def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False)
             for v, path in checkpoints.items()}
 
 
+@mobileone_export("mobileone_tf.hub")
 def load_preset(preset, *, backbone_only=False, **kwargs):
     """Loads a local KerasHub preset directory, checked first.
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
+
 BN_EPSILON = 1e-5
 """BatchNorm epsilon (PyTorch's default, as in Apple's and timm's code)."""
 
@@ -64,6 +66,7 @@ def _bn(state: dict, prefix: str) -> dict:
     return {k: state[f"{prefix}/{k}"] for k in BN_KEYS}
 
 
+@mobileone_export("mobileone_tf.layers")
 def fused_kernel_bias(state: dict, depthwise: bool, epsilon: float = BN_EPSILON):
     """The single kernel and bias equal to one branched block in inference mode.
 

@@ -24,6 +24,7 @@ import numpy as np
 import keras
 
 from mobileone_tf import layers as mo_layers
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.models.builders import HEAD_NAME
 from mobileone_tf.models.info import all_layers
 
@@ -40,12 +41,14 @@ def _blocks(model):
     return branched, fused
 
 
+@mobileone_export("mobileone_tf.models")
 def model_form(model) -> str:
     """``"branched"`` if the model has any MobileOneBlock, else ``"fused"``."""
     branched, _ = _blocks(model)
     return "branched" if branched else "fused"
 
 
+@mobileone_export("mobileone_tf.models")
 def get_state(model) -> dict:
     """The model's weights as a flat state dict (module docstring)."""
     state = {}
@@ -100,6 +103,7 @@ def fuse_state(state: dict, depthwise_blocks) -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf.models")
 def assign_state(model, state: dict, skip_head_if_absent: bool = True):
     """Assigns a state (either form) to a model (either form).
 
@@ -188,6 +192,7 @@ def _dry_assign(pairs, values):
                             where=", ".join(layer.name for _, layer in pairs))
 
 
+@mobileone_export("mobileone_tf.models")
 def read_state(path, variant=None):
     """Reads a weights file as a flat state, whatever its format.
 
@@ -225,6 +230,7 @@ def read_state(path, variant=None):
                           f"{result.layout} layout)")
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def load_weights(model, path):
     """Loads weights from a ``.weights.h5`` or a PyTorch checkpoint into a model.
 

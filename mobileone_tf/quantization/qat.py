@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.bias_correction import correct_bias
 from mobileone_tf.quantization.calibration import calibrate_ranges
 from mobileone_tf.quantization.distillation import check_schedule, fine_tune
@@ -61,6 +62,7 @@ def _fixed_batch(tf_keras_model, tf_keras, batch_size=1):
     return tf_keras.Model(inp, tf_keras_model(inp, training=False))
 
 
+@mobileone_export("mobileone_tf.quantization")
 def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_data=None):
     """Converts a QAT ``tf_keras`` model to a full-integer int8 TFLite file.
 
@@ -116,6 +118,7 @@ def export_tflite(qat_model, output, *, io="float32", overwrite=False, verify_da
     return path, report
 
 
+@mobileone_export("mobileone_tf.quantization")
 def quantization_aware_training(model, train_data, output, *, epochs=1,
                                 steps_per_epoch=None, learning_rate=1e-5,
                                 temperature=2.0, label_weight=0.0, io="float32",
@@ -201,6 +204,7 @@ def quantization_aware_training(model, train_data, output, *, epochs=1,
     return qat_model, path, report
 
 
+@mobileone_export("mobileone_tf.quantization")
 def correct_qat_biases(qat_model, model, images):
     """Bias correction of a (fine-tuned) QAT model before its int8 export.
 
@@ -256,6 +260,7 @@ def _report_skipped(report, skipped):
     report["skipped"] = data.describe_skipped(skipped)
 
 
+@mobileone_export("mobileone_tf.quantization")
 def qat_from_weights(variant, weights, train_data, output, *, image_size=224,
                      batch_size=32, overwrite=False, exclude=None, augment=True, seed=0,
                      **kwargs):

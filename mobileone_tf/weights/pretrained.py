@@ -36,10 +36,12 @@ import os
 import sys
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights import download
 from mobileone_tf.weights.h5 import read_weights_h5, write_weights_h5
 from mobileone_tf.weights.layouts import check_state, port_checkpoint
 
+mobileone_export("mobileone_tf.weights")("BASE_URL")
 BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
 
 _KNOWN_SHA256 = {
@@ -54,6 +56,7 @@ def _entry(variant, form):
             "sha256": _KNOWN_SHA256.get(file)}
 
 
+mobileone_export("mobileone_tf.weights")("CHECKPOINTS")
 CHECKPOINTS = [_entry(v, f) for v in variants.VARIANTS for f in ("fused", "branched")]
 """Apple's official ImageNet-1k checkpoints: dicts with ``variant``, ``form``
 (``"fused"``/``"branched"``), ``file``, ``url`` and ``sha256`` (None where
@@ -120,6 +123,7 @@ def _discard(path, problem, what="cached port") -> str:
     return f"The {what} {path} was unusable ({problem}) and has been deleted (a cache)"
 
 
+@mobileone_export("mobileone_tf.weights")
 def imagenet_weights_path(variant, fused: bool = False) -> str:
     """Path of the ported ImageNet ``.weights.h5`` for a variant (see module doc).
 
