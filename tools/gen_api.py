@@ -117,7 +117,8 @@ def collect(root):
                 if package not in packages:
                     raise DeclarationError(f"{where}: {package!r} is not a package")
                 if not module.startswith(package + "."):
-                    raise DeclarationError(f"{where}: {module} is outside {package}: a name is public only in a package that holds its module")
+                    raise DeclarationError(f"{where}: {module} is outside {package} (a name is "
+                                           "public only in packages that hold its module)")
                 if (packages[package] / f"{name}.py").exists() \
                         or (packages[package] / name / "__init__.py").exists():
                     raise DeclarationError(f"{where}: {name!r} is also a module of {package}")
