@@ -14,7 +14,7 @@
     deploy = mobileone_tf.fuse(segmenter)  # same class, every block fused
 
 Importing this package imports KerasHub (``import mobileone_tf`` does not) and
-registers :func:`fuse_hub_model` with :func:`mobileone_tf.fuse`.
+registers :func:`mobileone_tf.hub.fusion.fuse_hub_model` with :func:`mobileone_tf.fuse`.
 """
 
 try:
