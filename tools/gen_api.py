@@ -12,8 +12,10 @@ the block gets it appended.
   python tools/gen_api.py --check   # exit 1 naming each stale file; writes nothing
 
 A malformed declaration (not a string literal, an unknown package, one name
-declared twice for a package, a name that is also a submodule) is one
-``error:`` line naming file and line, exit 2, nothing written.
+declared twice for a package, a name that is also a submodule) or a
+hand-written ``__all__`` / ``_EXPORTS`` left outside the block (an old-style
+``__init__.py`` after a merge) is one ``error:`` line naming the file, exit 2,
+nothing written.
 """
 
 from __future__ import annotations
@@ -145,9 +147,18 @@ def render(text, table, path):
     begin, end = text.find(BEGIN), text.find(END)
     if (begin < 0) != (end < 0) or end < begin:
         raise DeclarationError(f"{path}: broken generated-API markers")
+    stop = end + len(END) + (1 if text[end + len(END):].startswith("\n") else 0)
+    outside = text if begin < 0 else text[:begin] + text[stop:]
+    for node in ast.parse(outside, filename=str(path)).body:
+        targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
+        names = {getattr(t, "id", None) for t in targets} | {
+            getattr(e, "id", None) for t in targets for e in getattr(t, "elts", ())}
+        if names & {"__all__", "_EXPORTS", "__getattr__", "__dir__"}:
+            raise DeclarationError(f"{path}: {sorted(names & {'__all__', '_EXPORTS'}) or names} "
+                                   "written outside the generated block: declare the names "
+                                   "with mobileone_export instead")
     if begin < 0:
         return text.rstrip("\n") + "\n\n" + block(table)
-    stop = end + len(END) + (1 if text[end + len(END):].startswith("\n") else 0)
     return text[:begin] + block(table) + text[stop:]
 
 
