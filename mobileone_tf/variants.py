@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from mobileone_tf.api_export import mobileone_export
+
 NUM_BLOCKS = (2, 8, 10, 1)
 """Number of (depthwise, pointwise) block pairs in stages 1-4."""
 
@@ -159,6 +161,7 @@ FEATURE_LEVELS = ("P1", "P2", "P3", "P4", "P5")
 (strides 4, 8, 16, 32)."""
 
 
+@mobileone_export("mobileone_tf")
 def feature_info(variant) -> list:
     """Channels, stride and last block of every pyramid level of a variant.
 

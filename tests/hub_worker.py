@@ -22,11 +22,11 @@ import numpy as np
 def _changes(model, before):
     """{stage or 'head': {'weights': max |change| of trainable-by-default
     weights, 'stats': max |change| of BatchNorm moving statistics}}."""
-    from mobileone_tf import hub
+    from mobileone_tf.hub import backbone
     out = {}
     for layer in model.layers:
-        stage = hub.stage_of(layer.name)
-        key = "head" if stage is None else hub.STAGES[stage]
+        stage = backbone.stage_of(layer.name)
+        key = "head" if stage is None else backbone.STAGES[stage]
         for w in layer.weights:
             kind = "stats" if "moving_" in w.path else "weights"
             diff = float(np.abs(w.numpy() - before[w.path]).max())
@@ -39,8 +39,8 @@ def calibrate(encoder, x):
     """Sets every BatchNorm's moving statistics to the batch statistics of
     ``x`` (momentum 0 for one training-mode pass), so that inference-mode
     BatchNorm keeps the random network's activations O(1)."""
-    from mobileone_tf import hub
-    bns = [bn for layer in encoder.layers for bn in hub.batchnorm_layers(layer)]
+    from mobileone_tf.hub import backbone
+    bns = [bn for layer in encoder.layers for bn in backbone.batchnorm_layers(layer)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0
@@ -52,11 +52,12 @@ def calibrate(encoder, x):
 def step(freeze_stages, norm_eval, seed=0):
     import keras
     from mobileone_tf import hub
+    from mobileone_tf.hub import backbone
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(4, 64, 64, 3)).astype("float32")
     encoder = hub.MobileOneBackbone("s0", image_shape=(64, 64, 3))
     calibrate(encoder, x)
-    hub.apply_finetuning(encoder, freeze_stages, norm_eval)
+    backbone.apply_finetuning(encoder, freeze_stages, norm_eval)
     pooled = keras.layers.GlobalAveragePooling2D()(encoder.output)
     model = keras.Model(encoder.input, keras.layers.Dense(3, name="head_dense")(pooled))
     model.compile(optimizer=keras.optimizers.SGD(0.01),
@@ -73,6 +74,7 @@ def retinanet(out):
     import keras_hub
     import mobileone_tf as mo
     from mobileone_tf import export, hub
+    from mobileone_tf.layers import MobileOneBlock
     size = 64
     encoder = hub.MobileOneBackbone("s0", image_shape=(size, size, 3), include_preprocessing=True)
     backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3,
@@ -119,7 +121,7 @@ def retinanet(out):
     coreml = export.coreml.check_coreml(package, raw)
     return {"loss": history["loss"], "encoder_change": encoder_change,
             "fused_class": type(fused).__name__,
-            "fused_blocks": sum(isinstance(layer, mo.MobileOneBlock)
+            "fused_blocks": sum(isinstance(layer, MobileOneBlock)
                                 for layer in mo.models.all_layers(fused)),
             "rel_diff": diff, "reload_diff": reload_diff, "export": exports,
             "coreml": {"checks": coreml["checks"], "outputs": coreml["outputs"]},

@@ -15,7 +15,8 @@ import pytest
 import keras
 
 from mobileone_tf import benchmark as bm
-from mobileone_tf.benchmark import report, stats
+from mobileone_tf.benchmark import orchestration, report, stats, torch_worker, zoo
+from mobileone_tf.layers import MobileOneBlock
 from tests.conftest import import_or_missing, require_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,11 +45,11 @@ def test_mac_counter_small_graph_hand_counted():
 
 def test_mac_counter_mobilenet_v2_and_mobileone_s0():
     # Keras docs: MobileNetV2 1.0/224 = 300 M MACs; paper Table 7: S0 275 M.
-    macs = bm.count_macs(bm.build_model("mobilenet_v2"))
+    macs = bm.count_macs(zoo.build_model("mobilenet_v2"))
     assert 295e6 < macs < 305e6, macs
-    fused = bm.count_macs(bm.build_model("mobileone_s0", "fused"))
+    fused = bm.count_macs(zoo.build_model("mobileone_s0", "fused"))
     assert abs(fused / 1e6 - 275) < 2, fused
-    branched = bm.count_macs(bm.build_model("mobileone_s0", "branched"))
+    branched = bm.count_macs(zoo.build_model("mobileone_s0", "branched"))
     assert 3.6 < branched / fused < 4.0  # k=4 branches + 1x1 scale
 
 
@@ -128,12 +129,12 @@ def test_report_formats(tmp_path):
     rows.append(dict(rows[0], form="branched", median_ms=8.0, macs=1050e6))
     res = {"machine": bm.machine_info(), "gemm": {2: {"gflops": 100.0}}, "rows": rows,
            "graphs": {}, "errors": []}
-    bm.finish_rows(res["rows"], res["gemm"])
+    report.finish_rows(res["rows"], res["gemm"])
     assert rows[0]["gflops"] == pytest.approx(2 * 275e6 / 2e-3 / 1e9)
     assert rows[0]["peak_ratio"] == pytest.approx(rows[0]["gflops"] / 100)
-    res["correlation"] = bm.correlations(rows)
+    res["correlation"] = report.correlations(rows)
     assert res["correlation"]["tflite-float32@2"]["spearman_macs"] == pytest.approx(0.5)
-    res["findings"] = bm.findings(res)
+    res["findings"] = report.findings(res)
     assert res["findings"]["fused_speedup"][0]["speedup"] == pytest.approx(4.0)
     md = bm.to_markdown(res)
     assert ("| mobileone_s0 | fused | tflite-float32 | 2 | 2.00 | 2.20 | 3.0 | 2.00 | 275.0 | "
@@ -166,7 +167,7 @@ def test_graph_checks_of_a_fused_s0_graph():
                                   "mobileone_s0_fused_unfolded": unfolded,
                                   "mobileone_s0_fused_bare": bare,
                                   "mobilenet_v2_float32": graph}}
-    checks = bm.findings(res)["graph_checks"]
+    checks = report.findings(res)["graph_checks"]
     assert sorted(checks) == ["mobileone_s0_fused_bare", "mobileone_s0_fused_float32",
                               "mobileone_s0_fused_unfolded"]
     for key, (add, mul) in (("float32", (1, 0)), ("unfolded", (1, 1)), ("bare", (0, 0))):
@@ -176,7 +177,7 @@ def test_graph_checks_of_a_fused_s0_graph():
         assert chk["add_ops"] == chk["expected_add_ops"] == add, key
         assert chk["mul_ops"] == chk["expected_mul_ops"] == mul, key
     assert "| mobileone_s0_fused_float32 | 5 (5) | 43 (43) | 1 (1) | 0 (0) | 1 | True |" in \
-        bm.to_markdown({"rows": [], "findings": bm.findings(res)})
+        bm.to_markdown({"rows": [], "findings": report.findings(res)})
 
 
 def test_tflite_files_side_by_side():
@@ -196,7 +197,7 @@ def test_tflite_files_side_by_side():
     assert t["unfolded_over_bare"] == pytest.approx(1.15)
     assert t["float16_over_default"] == pytest.approx(2.1 / 2.04)
     assert t["int8_speedup"] == pytest.approx(1.7)
-    md = bm.to_markdown({"rows": rows, "findings": bm.findings({"rows": rows})})
+    md = bm.to_markdown({"rows": rows, "findings": report.findings({"rows": rows})})
     assert "| mobileone_s0 | 2 | 2.00 | 2.04 | 2.30 | 2.10 | 1.20 | 1.020 | 1.150 | 1.029 | " \
         "1.700 |" in md
 
@@ -240,14 +241,14 @@ def test_interleaved_timings_rounds_and_noise(monkeypatch):
         if sum(c == "b" for c in calls) == 3 + 1:   # 1 warm-up + round 0 (3 runs)
             state["round"] = 1
 
-    timings = bm.interleaved_timings([a, b_counting], runs=7, warmup=1, rounds=2)
+    timings = stats.interleaved_timings([a, b_counting], runs=7, warmup=1, rounds=2)
     assert calls == ["a", "b"] + ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
     assert [s["runs"] for s in timings] == [7, 7]
     assert timings[0]["round_medians_ms"] == [1000.0, 1000.0] and timings[0]["noise_pct"] == 0
     assert timings[1]["round_medians_ms"] == [1000.0, 3000.0]
     assert timings[1]["noise_pct"] == pytest.approx(100 * 2000 / timings[1]["median_ms"])
     with pytest.raises(ValueError, match="rounds"):
-        bm.interleaved_timings([a], runs=5, warmup=0, rounds=0)
+        stats.interleaved_timings([a], runs=5, warmup=0, rounds=0)
 
 
 def test_fused_benchmark_model_has_normal_range_activations():
@@ -261,7 +262,7 @@ def test_fused_benchmark_model_has_normal_range_activations():
         sub = keras.Model(m.input, m.get_layer("stage4_1_conv").input)
         return float(np.abs(keras.ops.convert_to_numpy(sub(x))).max())
 
-    fused = bm.build_model("mobileone_s0", "fused", 64)
+    fused = zoo.build_model("mobileone_s0", "fused", 64)
     assert models.model_form(fused) == "fused"
     assert deepest(fused) > 1e-12
     plain = models.MobileOne("s0", weights=None, fused=True, input_shape=(64, 64, 3))
@@ -274,25 +275,25 @@ def test_stage_truncations_for_the_per_stage_profile():
     after another gives a per-stage profile by differences."""
     import mobileone_tf as mo
     for info in mo.feature_info("s0"):
-        model = bm.build_model(f"stages_s0_{info['level']}", image_size=64)
+        model = zoo.build_model(f"stages_s0_{info['level']}", image_size=64)
         assert tuple(model.output.shape[1:]) == (64 // info["stride"], 64 // info["stride"],
                                                  info["channels"])
-        assert not any(isinstance(la, mo.MobileOneBlock) for la in model.layers)
+        assert not any(isinstance(la, MobileOneBlock) for la in model.layers)
     with pytest.raises(ValueError, match="Unknown pyramid level 'P9'"):
-        bm.build_model("stages_s0_P9", image_size=64)
-    assert bm.check_config({"models": ["stages_s4_P5", "deeplabv3_mobileone_s0"]})["models"]
+        zoo.build_model("stages_s0_P9", image_size=64)
+    assert orchestration.check_config({"models": ["stages_s4_P5", "deeplabv3_mobileone_s0"]})["models"]
 
 
 def test_segmenters_take_camvid_frames():
     import_or_missing("keras_hub", extra="hub")
     import mobileone_tf as mo
     from mobileone_tf.benchmark import workers
-    for name in bm.SEGMENTERS:
-        model = bm.build_model(name)
-        assert bm.input_size(model) == bm.SEGMENTER_SIZE == (360, 480)
+    for name in zoo.SEGMENTERS:
+        model = zoo.build_model(name)
+        assert zoo.input_size(model) == zoo.SEGMENTER_SIZE == (360, 480)
         assert tuple(model.output.shape[1:]) == (360, 480, 11) and model.layers[-1].name == \
             "logits"
-        assert not any(isinstance(la, mo.MobileOneBlock) for la in mo.models.all_layers(model))
+        assert not any(isinstance(la, MobileOneBlock) for la in mo.models.all_layers(model))
     assert workers.random_images(2, (360, 480)).shape == (2, 360, 480, 3)
 
 
@@ -371,7 +372,7 @@ def test_torch_latency_reports_rounds_and_noise():
     ``python -m mobileone_tf.benchmark.torch_worker`` process in the same
     interleaved rounds as the TF runtimes, so its rows carry a noise figure."""
     require_modules("torch", "timm")
-    out = bm.run_torch({"mode": "latency", "variants": ["s0", "s1"], "threads": 1,
+    out = torch_worker.run_torch({"mode": "latency", "variants": ["s0", "s1"], "threads": 1,
                         "runs": 4, "warmup": 1, "rounds": 2, "size": 64, "batch": 1})
     rows = out["rows"]
     assert [r["model"] for r in rows] == ["mobileone_s0", "mobileone_s1"]

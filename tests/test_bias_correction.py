@@ -13,7 +13,9 @@ import pytest
 
 import mobileone_tf as mo
 from mobileone_tf import export, models, quantization, runtime
+from mobileone_tf.export.images import generated_images
 from mobileone_tf.export.prepare import prepare_model
+from mobileone_tf.quantization.bias_correction import int8_weights
 from tests.conftest import ROOT, require_shared
 
 SIZE = 64
@@ -58,7 +60,7 @@ def _assert_predicted(layers, read):
     where the weights are all but zero)."""
     for name, layer in layers.items():
         kernel = layer.kernel.numpy()
-        q, s = quantization.int8_weights(kernel, isinstance(layer, keras.layers.DepthwiseConv2D))
+        q, s = int8_weights(kernel, isinstance(layer, keras.layers.DepthwiseConv2D))
         s, s_file, q_file = s.ravel(), read[name][3], read[name][2]
         wide = s_file > s * (1 + 1e-5)
         channel_max = np.abs(kernel).reshape(-1, len(s)).max(0)
@@ -105,7 +107,7 @@ def random_s0(tmp_path_factory):
     for layer in _weighted(model).values():
         k, b = layer.get_weights()
         layer.set_weights([k, rng.normal(0, 0.2, b.shape).astype(b.dtype)])
-    images = export.generated_images(16, SIZE, seed=5)
+    images = generated_images(16, SIZE, seed=5)
     files = {}
     for bc in (False, True):
         path, report = _convert(model, str(tmp / f"bc{bc}.tflite"), images,
@@ -134,7 +136,7 @@ def test_corrected_file_has_no_mean_layer_error(random_s0):
     16 images differs between the two sets: their error is only reduced
     (measured: to 0.26 and 0.08; every other layer to <= 0.02)."""
     fixed, files, _ = random_s0
-    held_out = export.generated_images(16, SIZE, seed=6)
+    held_out = generated_images(16, SIZE, seed=6)
     layers = _weighted(fixed)
     before = _layer_errors(fixed, _file_layers(files[False], layers), held_out)
     after = _layer_errors(fixed, _file_layers(files[True], layers), held_out)
@@ -178,7 +180,7 @@ def test_bias_correction_needs_int8(tmp_path):
         export.to_tflite(model, str(tmp_path / "m.tflite"), bias_correction=True)
     with pytest.raises(export.ExportError, match="bias_correction"):
         export.to_tflite(model, str(tmp_path / "m.tflite"), quantize="int8",
-                         calibration_data=export.generated_images(2, SIZE),
+                         calibration_data=generated_images(2, SIZE),
                          input_size=SIZE, bias_correction=0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--format",

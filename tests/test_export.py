@@ -20,6 +20,9 @@ import pytest
 import mobileone_tf as mo
 from mobileone_tf import data, export, runtime, variants
 from mobileone_tf.export import acceptance
+from mobileone_tf.export.common import FUSED_TFLITE_OPS
+from mobileone_tf.export.images import generated_images
+from mobileone_tf.export.prepare import prepare_model
 from tests.conftest import ROOT
 from tests.helpers import randomize_batchnorm
 
@@ -44,7 +47,7 @@ def _branched(variant, seed=0):
 def exported(request, tmp_path_factory):
     variant = request.param
     model = _branched(variant)
-    fused = export.prepare_model(model, input_size=SIZE)
+    fused = prepare_model(model, input_size=SIZE)
     out = {}
     for fmt in PLAN[variant]:
         d = tmp_path_factory.mktemp(f"{variant}_{fmt}")
@@ -55,7 +58,7 @@ def exported(request, tmp_path_factory):
 
 def test_float_exports_match_keras(exported):
     variant, model, fused, out = exported
-    images = export.generated_images(4, SIZE, seed=1)
+    images = generated_images(4, SIZE, seed=1)
     branched_out = model.predict(images, verbose=0)
     fused_out = fused.predict(images, batch_size=1, verbose=0)
     np.testing.assert_allclose(fused_out, branched_out, atol=1e-4 * np.abs(branched_out).max())
@@ -81,7 +84,7 @@ def test_tflite_op_set(exported):
     assert ops == report["ops"]
     allowed = BASE_OPS | (SE_OPS if variant == "s4" else set())
     assert set(ops) <= allowed, set(ops) - allowed
-    assert allowed <= export.FUSED_TFLITE_OPS
+    assert allowed <= FUSED_TFLITE_OPS
     n_blocks = len(variants.block_specs(variant))
     n_se = sum(s.use_se for s in variants.block_specs(variant))
     # one conv per block (fused), plus 2 1x1 convs per SE; no BN arithmetic, no branch ADDs;
@@ -110,7 +113,7 @@ def test_coreml_spec(exported):
     # the checker can fail: wrong labels, and weights of another model
     assert not export.check_coreml(path, class_names=CLASS_NAMES[::-1])["checks"][
         "classifier_labels"]
-    other = export.prepare_model(_branched(variant, seed=3), input_size=SIZE)
+    other = prepare_model(_branched(variant, seed=3), input_size=SIZE)
     assert not export.check_coreml(path, keras_model=other)["checks"]["conv_weights_fp16_equal"]
     # scripts/verify_coreml.py's function: the package's own labels, no weights
     result = export.verify_coreml(path, variant, weights=None)
@@ -142,9 +145,9 @@ def test_quantized_tflite_reports(tmp_path):
     calib = tmp_path / "calib"
     calib.mkdir()
     from PIL import Image
-    for i, img in enumerate(export.generated_images(4, 80, seed=5)):
+    for i, img in enumerate(generated_images(4, 80, seed=5)):
         Image.fromarray(img.astype(np.uint8)).save(calib / f"{i}.png")
-    images = export.generated_images(3, SIZE, seed=6)
+    images = generated_images(3, SIZE, seed=6)
     for mode, kw in (("float16", {}), ("int8", {"calibration_data": str(calib),
                                                 "calibration_steps": 4, "int8_io": "uint8"})):
         path, report = export.to_tflite(model, str(tmp_path / f"{mode}.tflite"), quantize=mode,
@@ -175,7 +178,7 @@ def test_int8_from_array_without_verification(tmp_path):
     """What the benchmark needs: int8 calibrated on an in-memory array (no
     image folder), the given form kept (``fuse=False``), no verification."""
     model = mo.MobileOne("s0", weights=None, fused=True, input_shape=(None, None, 3))
-    images = export.generated_images(6, SIZE, seed=2)
+    images = generated_images(6, SIZE, seed=2)
     path, report = export.to_tflite(model, str(tmp_path / "a.tflite"), quantize="int8",
                                     calibration_data=images, calibration_steps=4,
                                     input_size=SIZE, fuse=False, verify=False)
@@ -184,7 +187,7 @@ def test_int8_from_array_without_verification(tmp_path):
     assert "QUANTIZE" in report["ops"] and report["inputs"][0]["dtype"] == "float32"
     with pytest.raises(export.ExportError, match="size"):
         export.to_tflite(model, str(tmp_path / "b.tflite"), quantize="int8",
-                         calibration_data=export.generated_images(2, 40), input_size=SIZE)
+                         calibration_data=generated_images(2, 40), input_size=SIZE)
     with pytest.raises(export.ExportError, match=r"\(N, H, W, 3\)"):
         export.to_tflite(model, str(tmp_path / "c.tflite"), quantize="int8",
                          calibration_data=np.zeros((2, SIZE, SIZE)), input_size=SIZE)

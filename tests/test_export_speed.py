@@ -27,6 +27,7 @@ import pytest
 import mobileone_tf as mo
 from mobileone_tf import export, runtime, variants
 from mobileone_tf.export import acceptance, prepare
+from mobileone_tf.export.images import generated_images
 from tests.helpers import randomize_batchnorm, rel_max_diff
 
 SIZE = 64
@@ -38,7 +39,7 @@ STD = np.array([0.229, 0.224, 0.225])
 def border_images(size=SIZE, seed=3):
     """Images whose border pixels are extreme (0 / 255 rows and columns,
     all-black, all-white, a 0/255 checkerboard, white noise)."""
-    x = export.generated_images(6, size, seed=seed)
+    x = generated_images(6, size, seed=seed)
     x[0, 0], x[0, -1], x[0, :, 0], x[0, :, -1] = 255, 0, 255, 0
     x[1, 0], x[1, -1], x[1, :, 0], x[1, :, -1] = 0, 255, 0, 255
     x[2], x[3] = 0, 255
@@ -63,7 +64,7 @@ def s0():
     """Branched S0 with random BatchNorm; the prepared (fused, logits) model
     unfolded and folded."""
     model = randomize_batchnorm(mo.MobileOne("s0", weights=None, input_shape=(None, None, 3)))
-    reference = export.prepare_model(model, input_size=SIZE, outputs="logits", fold=False)
+    reference = prepare.prepare_model(model, input_size=SIZE, outputs="logits", fold=False)
     return model, reference, prepare.fold_input_normalization(reference)
 
 
@@ -93,7 +94,7 @@ def test_stem_that_cannot_fold_keeps_mul_add(s0):
     """A branched model exported with fuse=False: the stem is a MobileOneBlock,
     so the normalization stays a MUL + ADD (with row-broadcast constants)."""
     model = s0[0]
-    kept = export.prepare_model(model, fuse=False, input_size=SIZE)
+    kept = prepare.prepare_model(model, fuse=False, input_size=SIZE)
     assert prepare.normalization_form(kept) == "mul+add"
     x = border_images()
     assert rel_max_diff(model.predict(x, verbose=0), kept.predict(x, verbose=0)) <= 1e-6
@@ -174,14 +175,14 @@ def test_outputs_option_errors(tmp_path):
     features = mo.MobileOne("s0", weights=None, include_top=False, pooling="avg",
                             input_shape=(None, None, 3))
     with pytest.raises(export.ExportError, match="classifier top"):
-        export.prepare_model(features, input_size=SIZE, outputs="logits")
+        prepare.prepare_model(features, input_size=SIZE, outputs="logits")
 
 
 @pytest.mark.parametrize("int8_io", [False, "int8"])
 def test_int8_is_one_xnnpack_partition(s0, tmp_path, int8_io):
     """Float or int8 I/O: int8 convolutions, DEQUANTIZE, float32 SOFTMAX,
     all in one XNNPACK partition (the converter's int8 SOFTMAX is not)."""
-    calibration = export.generated_images(8, SIZE, seed=4)
+    calibration = generated_images(8, SIZE, seed=4)
     path, report = export.to_tflite(
         s0[0], str(tmp_path / "q.tflite"), quantize="int8", calibration_data=calibration,
         calibration_steps=8, int8_io=int8_io, input_size=SIZE, metadata=False, verify=False)
@@ -265,7 +266,7 @@ def test_real_images_fold_is_exact(shared_data):
     framed = x.copy()
     framed[:, :2], framed[:, :, :2], framed[:, -2:], framed[:, :, -2:] = 255, 0, 0, 255
     model = acceptance.build_s0(shared_data / "mobileone_s0.pth.tar")
-    reference = export.prepare_model(model, input_size=224, outputs="logits", fold=False)
+    reference = prepare.prepare_model(model, input_size=224, outputs="logits", fold=False)
     folded = prepare.fold_input_normalization(reference)
     for images in (x, framed):
         want, got = (m.predict(images, verbose=0) for m in (reference, folded))

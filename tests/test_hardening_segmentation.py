@@ -18,9 +18,11 @@ import_or_missing("keras_hub", extra="hub")
 
 from PIL import Image  # noqa: E402
 
-from mobileone_tf import cli, training  # noqa: E402
+from mobileone_tf import cli  # noqa: E402
 from mobileone_tf.segmentation import data as seg_data  # noqa: E402
 from mobileone_tf.segmentation import runner  # noqa: E402
+from mobileone_tf.training.callbacks import FailAt  # noqa: E402
+from mobileone_tf.training.rundir import run_state  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.test_segmentation import _folder  # noqa: E402
 
@@ -119,14 +121,14 @@ def test_run_failing_in_its_first_epoch_leaves_nothing(tmp_path):
     root = _folder(tmp_path / "data", MASKS[:2])
     config = runner.SegConfig(epochs=1, batch_size=1, crop_size=(64, 96), fused=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run(config, root, tmp_path / "run", callbacks=[training.FailAt(0, 0)])
+        runner.run(config, root, tmp_path / "run", callbacks=[FailAt(0, 0)])
     assert not (tmp_path / "run").exists()
     (tmp_path / "kept").mkdir()
     (tmp_path / "kept" / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run(config, root, tmp_path / "kept", callbacks=[training.FailAt(0, 0)])
+        runner.run(config, root, tmp_path / "kept", callbacks=[FailAt(0, 0)])
     assert os.listdir(tmp_path / "kept") == ["notes.txt"]
-    assert training.run_state(tmp_path / "kept") == "new"
+    assert run_state(tmp_path / "kept") == "new"
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +139,8 @@ def unfinished_fused_run(tmp_path_factory):
     config = runner.SegConfig(epochs=2, batch_size=1, crop_size=(64, 96), fused=True,
                               learning_rate=1e-4)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run(config, root, tmp / "run", callbacks=[training.FailAt(1, 0)])
-    assert training.run_state(tmp / "run") == "unfinished"
+        runner.run(config, root, tmp / "run", callbacks=[FailAt(1, 0)])
+    assert run_state(tmp / "run") == "unfinished"
     return config, root, tmp / "run"
 
 

@@ -20,6 +20,8 @@ import keras  # noqa: E402
 
 import mobileone_tf as mo  # noqa: E402
 from mobileone_tf import hub  # noqa: E402
+from mobileone_tf.hub.fusion import fuse_hub_model  # noqa: E402
+from mobileone_tf.layers import MobileOneBlock  # noqa: E402
 from tests.helpers import randomize_batchnorm, rel_max_diff  # noqa: E402
 from tests.torch_fixtures import torch_ref  # noqa: E402,F401 (fixture)
 
@@ -104,14 +106,14 @@ def test_deeplab_segmenter_save_load_and_fuse(tmp_path):
     assert type(fused) is keras_hub.models.DeepLabV3ImageSegmenter
     encoder = fused.backbone.image_encoder
     assert type(encoder) is hub.MobileOneBackbone and encoder.fused
-    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in mo.models.all_layers(fused))
+    assert not any(isinstance(layer, MobileOneBlock) for layer in mo.models.all_layers(fused))
     assert rel_max_diff(y, fused.predict(x, verbose=0)) <= 1e-5
     assert not segmenter.backbone.image_encoder.fused  # the input model is untouched
     fused.save(str(tmp_path / "fused.keras"))
     again = keras.saving.load_model(str(tmp_path / "fused.keras"))
     assert rel_max_diff(y, again.predict(x, verbose=0)) <= 1e-5
     with pytest.raises(ValueError, match="holds no MobileOneBackbone"):
-        hub.fuse_hub_model(keras_hub.models.DeepLabV3Backbone(
+        fuse_hub_model(keras_hub.models.DeepLabV3Backbone(
             image_encoder=hub.ApplicationBackbone("MobileNetV3Large", image_shape=(64, 96, 3)),
             spatial_pyramid_pooling_key="P5", upsampling_size=8, dilation_rates=[6],
             image_shape=(64, 96, 3)))

@@ -17,7 +17,7 @@ import pytest
 
 import mobileone_tf as mo
 from mobileone_tf import data, export
-from mobileone_tf.export import metadata
+from mobileone_tf.export import common, metadata
 from tests import mediapipe_tasks
 from tests.conftest import ROOT
 
@@ -56,7 +56,7 @@ def test_fields_read_back(folder, float_export):
     meta = read["metadata"]
     assert meta["name"] == "MobileOne-S0"
     assert meta["version"] == mo.__version__
-    assert meta["author"] == export.AUTHOR and meta["license"] == export.DEFAULT_LICENSE
+    assert meta["author"] == common.AUTHOR and meta["license"] == common.DEFAULT_LICENSE
     for words in ("MobileOne-S0", "1000 classes", "float32", "0..255", "1x224x224x3"):
         assert words in meta["description"], words
     assert meta["min_parser_version"] == "1.0.0"

@@ -118,7 +118,7 @@ def test_fuse_custom_head_model():
     (False, 3, 2, 1, False, 3, 16),   # the stem
 ])
 def test_block_fuse_against_branches(depthwise, kernel_size, strides, branches, use_se, cin, cout):
-    block = mo.MobileOneBlock(cout, kernel_size, strides, depthwise, branches, use_se)
+    block = mo_layers.MobileOneBlock(cout, kernel_size, strides, depthwise, branches, use_se)
     x = np.random.default_rng(0).normal(size=(2, 15, 15, cin)).astype("float32")
     y = keras.ops.convert_to_numpy(block(x, training=False))
     m = keras.Sequential([keras.Input((15, 15, cin)), block])
@@ -130,7 +130,7 @@ def test_block_fuse_against_branches(depthwise, kernel_size, strides, branches, 
     kernel, bias = block.fused_kernel_bias()
     assert kernel.dtype == np.float64
     deploy = block.fuse()  # the deploy-time layer: standard layers only
-    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in deploy.layers)
+    assert not any(isinstance(layer, mo_layers.MobileOneBlock) for layer in deploy.layers)
     assert rel_max_diff(y, deploy.predict(x, verbose=0)) <= 1e-5
     spec = variants.BlockSpec("b", cin, cout, kernel_size, strides, depthwise, use_se, branches)
     inp = keras.Input((15, 15, cin))
@@ -145,7 +145,7 @@ def test_block_fuse_against_branches(depthwise, kernel_size, strides, branches, 
 def test_pytorch_padding_for_stride_two():
     """A stride-2 3x3 conv must sample windows centred on even input pixels
     (PyTorch padding=1), not TF 'same' (which pads only after on even sizes)."""
-    block = mo.MobileOneBlock(1, 3, 2, depthwise=True, num_conv_branches=1)
+    block = mo_layers.MobileOneBlock(1, 3, 2, depthwise=True, num_conv_branches=1)
     x = np.zeros((1, 8, 8, 1), "float32")
     x[0, 0, 0, 0] = 1.0  # only the top-left pixel is lit
     block.build(x.shape)
@@ -219,18 +219,18 @@ def test_fuse_nested_backbone_and_sequential():
     outer = keras.Model(inp, keras.layers.UpSampling2D(32, name="up")(out), name="segmenter")
     fused = mo.fuse(outer)
     assert fused.name == "segmenter"
-    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in models.all_layers(fused))
+    assert not any(isinstance(layer, mo_layers.MobileOneBlock) for layer in models.all_layers(fused))
     info = mo.model_info(fused)
     assert info["nested"] and info["fused"] and info["variant"] == "s1"
     assert mo.model_info(outer)["fused"] is False  # the input model is untouched
     x = _images(2, 64, 96)
     assert rel_max_diff(outer.predict(x, verbose=0), fused.predict(x, verbose=0)) <= 1e-5
 
-    seq = keras.Sequential([keras.Input((16, 16, 8)), mo.MobileOneBlock(8, 3, 1, True, 2),
-                            mo.MobileOneBlock(16, 1, 1, False, 2), keras.layers.Flatten()])
+    seq = keras.Sequential([keras.Input((16, 16, 8)), mo_layers.MobileOneBlock(8, 3, 1, True, 2),
+                            mo_layers.MobileOneBlock(16, 1, 1, False, 2), keras.layers.Flatten()])
     randomize_batchnorm(seq, seed=5)
     fused_seq = mo.fuse(seq)
-    assert not any(isinstance(layer, mo.MobileOneBlock) for layer in models.all_layers(fused_seq))
+    assert not any(isinstance(layer, mo_layers.MobileOneBlock) for layer in models.all_layers(fused_seq))
     z = np.random.default_rng(1).normal(size=(3, 16, 16, 8)).astype("float32")
     assert rel_max_diff(seq.predict(z, verbose=0), fused_seq.predict(z, verbose=0)) <= 1e-5
 
@@ -276,18 +276,18 @@ def test_argument_validation(kwargs, message):
 
 def test_block_argument_validation():
     with pytest.raises(ValueError, match="strides"):
-        mo.MobileOneBlock(8, 3, strides=3)
+        mo_layers.MobileOneBlock(8, 3, strides=3)
     with pytest.raises(ValueError, match="num_conv_branches"):
-        mo.MobileOneBlock(8, 3, num_conv_branches=0)
+        mo_layers.MobileOneBlock(8, 3, num_conv_branches=0)
     with pytest.raises(ValueError, match="squeeze-excite needs at least 16"):
-        mo.MobileOneBlock(8, 3, use_se=True)(np.zeros((1, 8, 8, 8), "float32"))
+        mo_layers.MobileOneBlock(8, 3, use_se=True)(np.zeros((1, 8, 8, 8), "float32"))
     with pytest.raises(ValueError, match="filters == input channels"):
-        mo.MobileOneBlock(8, 3, depthwise=True)(np.zeros((1, 8, 8, 4), "float32"))
+        mo_layers.MobileOneBlock(8, 3, depthwise=True)(np.zeros((1, 8, 8, 4), "float32"))
 
 
 def test_variant_lookup_and_specs():
-    assert mo.get_variant("S4") is variants.VARIANTS["s4"]
-    assert mo.get_variant("mobileone_s2").name == "s2"
+    assert variants.get_variant("S4") is variants.VARIANTS["s4"]
+    assert variants.get_variant("mobileone_s2").name == "s2"
     specs = variants.block_specs("s4")
     assert len(specs) == 1 + 2 * sum(variants.NUM_BLOCKS)
     se = [s.name for s in specs if s.use_se]

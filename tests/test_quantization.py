@@ -12,6 +12,10 @@ import keras
 import mobileone_tf as mo
 from mobileone_tf import export, runtime
 from mobileone_tf import quantization as q
+<<<<<<< HEAD
+=======
+from mobileone_tf.quantization.distillation import mix_images
+>>>>>>> i24-api
 from tests.conftest import ROOT
 
 SIZE = 64
@@ -174,16 +178,16 @@ def test_mix_images_blends_within_the_batch():
     rng = np.random.default_rng(4)
     x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(x).batch(8)
-    cut = next(iter(q.mix_images(ds, "cutmix", 1.0))).numpy()
+    cut = next(iter(mix_images(ds, "cutmix", 1.0))).numpy()
     assert cut.shape == x.shape
     same = np.isclose(cut[:, None], x[None]).all(-1)          # (out, src, H, W)
     assert same.any(1).all()                                   # every pixel from some image
     assert not np.allclose(cut, x)                              # and something was pasted
-    up = next(iter(q.mix_images(ds, "mixup", 1.0))).numpy()
+    up = next(iter(mix_images(ds, "mixup", 1.0))).numpy()
     assert (up >= x.min(0) - 1e-3).all() and (up <= x.max(0) + 1e-3).all()
     assert np.abs(up - x).max() > 1.0
     with pytest.raises(ValueError, match="mixup' or 'cutmix"):
-        q.mix_images(ds, "blend")
+        mix_images(ds, "blend")
 
 
 # --- bad input: clear errors, nothing written --------------------------------

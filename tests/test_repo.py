@@ -266,3 +266,162 @@ def test_user_error_is_one_line_without_tensorflow_noise(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: No such image file: {missing}"]
+
+
+# --- public API (issue 24): declared by mobileone_export where each name is
+# defined, written into every package __init__.py by tools/gen_api.py ---------
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+TOP_LEVEL_API = ["MobileOne", "MobileOneS0", "MobileOneS1", "MobileOneS2", "MobileOneS3",
+                 "MobileOneS4", "decode_predictions", "feature_extractor", "feature_info",
+                 "fuse", "load_weights", "model_info", "preprocess_input"]
+INTERNALS = ("BASE_DOCSTRING", "FailAt", "take_images")
+
+
+def _packages(root=ROOT):
+    return sorted(".".join(p.parent.relative_to(root).parts)
+                  for p in (root / "mobileone_tf").rglob("__init__.py"))
+
+
+def _exports(package, root=ROOT):
+    """The generated ``{name: module}`` table of ``package``, read with ast."""
+    path = root.joinpath(*package.split("."), "__init__.py")
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] \
+                == ["_EXPORTS"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} has no generated _EXPORTS table")
+
+
+def _gen_api(*args, root=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "gen_api.py"), f"--root={root}",
+                           *args], capture_output=True, text=True, timeout=120)
+
+
+def test_generated_api_is_current():
+    proc = _gen_api("--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_gen_api_names_a_stale_file_and_rewrites_it(tmp_path):
+    shutil.copytree(PACKAGE, tmp_path / "mobileone_tf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    init = tmp_path / "mobileone_tf" / "export" / "__init__.py"
+    tflite = tmp_path / "mobileone_tf" / "export" / "tflite.py"
+    assert _exports("mobileone_tf.export", tmp_path)["to_tflite"] == ".tflite"
+    declaration = '@mobileone_export("mobileone_tf.export")\ndef to_tflite('
+    tflite.write_text(tflite.read_text().replace(declaration, "def to_tflite("))
+    proc = _gen_api("--check", root=tmp_path)
+    assert proc.returncode == 1
+    assert "stale: mobileone_tf/export/__init__.py" in proc.stderr, proc.stderr
+    assert proc.stderr.count("stale:") == 1
+    assert _gen_api(root=tmp_path).returncode == 0
+    assert "to_tflite" not in _exports("mobileone_tf.export", tmp_path)
+    assert init.read_text().startswith('"""Deployment export')  # hand-written part kept
+    assert _gen_api("--check", root=tmp_path).returncode == 0
+    # a declaration naming no package: one error line naming file and line, nothing written
+    before = init.read_text()
+    tflite.write_text(tflite.read_text().replace(
+        "def to_tflite(", '@mobileone_export("mobileone_tf.exports")\ndef to_tflite('))
+    proc = _gen_api(root=tmp_path)
+    assert proc.returncode == 2 and init.read_text() == before
+    assert re.fullmatch(r"error: \S+/export/tflite\.py:\d+: 'mobileone_tf\.exports' is not a "
+                        r"package\n", proc.stderr), proc.stderr
+
+
+def test_top_level_api_is_small():
+    import mobileone_tf
+    assert sorted(mobileone_tf.__all__) == sorted(TOP_LEVEL_API)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", mobileone_tf.__version__)
+
+
+def test_internals_are_not_exported():
+    for package in _packages():
+        leaked = sorted(set(INTERNALS) & set(_exports(package)))
+        assert not leaked, f"{package} exports {leaked}"
+
+
+def test_every_exported_name_resolves_to_its_defining_module():
+    """Each package imports without TensorFlow (KerasHub's ``hub`` aside);
+    then every name of every ``__all__`` resolves, functions and classes to
+    the module the table names."""
+    code = """if True:
+        import importlib, inspect, json, sys
+        packages = json.loads(sys.argv[1])
+        for p in packages:
+            if p != "mobileone_tf.hub":
+                importlib.import_module(p)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        assert not heavy, heavy[:5]
+        for p in packages:
+            package = importlib.import_module(p)
+            assert sorted(package.__all__) == sorted(package._EXPORTS), p
+            for name in package.__all__:
+                value = getattr(package, name)
+                module = package._EXPORTS[name]
+                module = p + module if module.startswith(".") else module
+                if inspect.isfunction(value) or inspect.isclass(value):
+                    assert value.__module__ == module, (p, name, value.__module__, module)
+                assert name in dir(package), (p, name)
+        print(sum(len(importlib.import_module(p).__all__) for p in packages))
+    """
+    packages = _packages()
+    assert len(packages) >= 11, packages
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(packages)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) == sum(len(_exports(p)) for p in packages)
+
+
+def _package_uses(path, packages):
+    """{(package, name)} that ``path`` reaches as ``package.name`` or ``from
+    package import name`` (aliases followed; ``import mobileone_tf as mo``)."""
+    tree = ast.parse(path.read_text())
+    alias, uses = {}, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in packages:
+                    alias[a.asname or a.name.split(".")[0]] = a.asname and a.name or "mobileone_tf"
+        elif isinstance(node, ast.ImportFrom) and node.module in packages and not node.level:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in packages:
+                    alias[a.asname or a.name] = full
+                else:
+                    uses.add((node.module, a.name))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain, base = [], node
+        while isinstance(base, ast.Attribute):
+            chain.insert(0, base.attr)
+            base = base.value
+        if not isinstance(base, ast.Name) or base.id not in alias:
+            continue
+        package = alias[base.id]
+        while chain and f"{package}.{chain[0]}" in packages:
+            package = f"{package}.{chain.pop(0)}"
+        if chain:
+            uses.add((package, chain[0]))
+    return uses
+
+
+def test_users_reach_only_exported_names():
+    """Scripts, tests, tools and the package itself use a package's exported
+    names (or its modules): nothing reaches a name the tables lost."""
+    packages = set(_packages())
+    tables = {p: _exports(p) for p in packages}
+    files = [p for p in [*PACKAGE.rglob("*.py"), *SCRIPTS, *(ROOT / "tests").glob("*.py"),
+                         *(ROOT / "tools").glob("*.py")] if p.name != "__init__.py"]
+    missing = set()
+    for path in files:
+        for package, name in _package_uses(path, packages):
+            folder = ROOT.joinpath(*package.split("."))
+            if name not in tables[package] and not name.startswith("__") \
+                    and not (folder / f"{name}.py").exists() and not (folder / name).is_dir():
+                missing.add(f"{path.relative_to(ROOT)}: {package}.{name}")
+    assert not missing, sorted(missing)

@@ -45,11 +45,11 @@ CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 S0_CONVS = 43  # fused S0: stem + 2x(2 + 8 + 10 + 1) blocks, one conv each
 CRASH = """import os, runpy, sys
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-from mobileone_tf import training
+from mobileone_tf.training.callbacks import FailAt
 import keras
 fit = keras.Model.fit
 def crashing_fit(self, *args, callbacks=None, **kwargs):
-    crash = training.FailAt(int(os.environ["CRASH_EPOCH"]), 0)
+    crash = FailAt(int(os.environ["CRASH_EPOCH"]), 0)
     return fit(self, *args, callbacks=list(callbacks or []) + [crash], **kwargs)
 keras.Model.fit = crashing_fit
 sys.argv = sys.argv[1:]

@@ -25,6 +25,9 @@ from mobileone_tf import export, segmentation  # noqa: E402
 from mobileone_tf.segmentation import data as seg_data  # noqa: E402
 from mobileone_tf.segmentation import metrics as seg_metrics  # noqa: E402
 from mobileone_tf.segmentation import runner  # noqa: E402
+from mobileone_tf.segmentation.model import check_size  # noqa: E402
+from mobileone_tf.training.callbacks import FailAt  # noqa: E402
+from mobileone_tf.training.rundir import run_state  # noqa: E402
 from tests.conftest import ROOT, require_shared  # noqa: E402
 from tests.helpers import randomize_batchnorm, rel_max_diff  # noqa: E402
 
@@ -33,7 +36,7 @@ from tests.helpers import randomize_batchnorm, rel_max_diff  # noqa: E402
                                        ((16, 64), "height 16")])
 def test_size_not_divisible_by_32_is_named(size, side):
     with pytest.raises(ValueError, match=f"{side} is not a multiple of 32"):
-        segmentation.check_size(size)
+        check_size(size)
     with pytest.raises(ValueError, match=side):
         segmentation.build_segmenter("mobileone_s0", 11, size)
 
@@ -182,7 +185,6 @@ def test_runner_resumes_and_refuses_a_finished_run(tmp_path):
     scores equal a confusion matrix counted from its fused model. Fused
     encoder in-process (the branched step needs TF_ENABLE_ONEDNN_OPTS=0,
     which the script sets; see tests/hub_worker.py)."""
-    from mobileone_tf import training
     rng = np.random.default_rng(0)
     data_dir = tmp_path / "data"
     _folder(data_dir, [rng.integers(0, 12, (64, 96)) for _ in range(4)])
@@ -191,8 +193,8 @@ def test_runner_resumes_and_refuses_a_finished_run(tmp_path):
     out = tmp_path / "run"
     first = _Weights()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run(config, data_dir, out, callbacks=[first, training.FailAt(1, 0)])
-    assert training.run_state(out) == "unfinished"
+        runner.run(config, data_dir, out, callbacks=[first, FailAt(1, 0)])
+    assert run_state(out) == "unfinished"
     with pytest.raises(FileExistsError, match="--resume"):
         runner.run(config, data_dir, out)
     resumed = _Weights()

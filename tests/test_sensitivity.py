@@ -52,8 +52,8 @@ def hostile():
 
 @pytest.fixture(scope="module")
 def images():
-    from mobileone_tf import export
-    return export.generated_images(48, SIZE, seed=3)
+    from mobileone_tf.export.images import generated_images
+    return generated_images(48, SIZE, seed=3)
 
 
 @pytest.mark.parametrize("mode", ["only", "all_but"])

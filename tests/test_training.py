@@ -20,6 +20,10 @@ import tensorflow as tf
 
 from mobileone_tf import models as mo_models
 from mobileone_tf import training
+from mobileone_tf.training.callbacks import FailAt
+from mobileone_tf.training.model import check_weights
+from mobileone_tf.training.optim import no_decay_variables
+from mobileone_tf.training.runner import check_data
 from mobileone_tf.layers import MobileOneBlock
 
 
@@ -84,7 +88,7 @@ def test_coupled_l2_matches_pytorch_sgd_formula():
 
 def test_no_decay_variables_are_bn_and_bias():
     model = mo_models.MobileOne("s0", weights=None, classes=3, input_shape=(32, 32, 3))
-    nd = {v.path for v in training.no_decay_variables(model)}
+    nd = {v.path for v in no_decay_variables(model)}
     assert "predictions/bias" in nd and not any("kernel" in p for p in nd)
     assert any("gamma" in p for p in nd) and any("beta" in p for p in nd)
 
@@ -167,7 +171,7 @@ def test_crash_mid_epoch_resumes_from_last_completed_epoch(tmp_path):
     out = str(tmp_path / "run")
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.train(cfg, _train_fn(), _val(), 3, out, steps_per_epoch=3,
-                       extra_callbacks=[training.FailAt(epoch=2, batch=1)])
+                       extra_callbacks=[FailAt(epoch=2, batch=1)])
     meta = json.load(open(os.path.join(out, "backup", "training_metadata.json")))
     assert meta["epoch"] == 2       # epochs 0 and 1 completed
     # an unfinished run is continued only on request
@@ -307,24 +311,24 @@ def test_bad_input_errors_before_training(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no class sub-folders"):
-        training.check_data(str(empty))
+        check_data(str(empty))
     (tmp_path / "noimg" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match="without images"):
-        training.check_data(str(tmp_path / "noimg"))
+        check_data(str(tmp_path / "noimg"))
     with pytest.raises(FileNotFoundError):
-        training.check_data(str(tmp_path / "missing"))
+        check_data(str(tmp_path / "missing"))
     tr = _folder(tmp_path / "train", ["a", "b"])
     va = _folder(tmp_path / "val", ["a", "c"])
     with pytest.raises(ValueError, match="differ"):
-        training.check_data(tr, va)
+        check_data(tr, va)
     with pytest.raises(ValueError, match="--classes=3"):
-        training.check_data(tr, None, classes=3)
+        check_data(tr, None, classes=3)
     src = mo_models.MobileOne("s0", weights=None, classes=4, input_shape=(32, 32, 3),
                               fused=True)
     cfg = _tiny_config(weights=mo_models.get_state(src))
     with pytest.raises(ValueError, match="head has 4 classes"):
-        training.check_weights(cfg, classes=2)
-    training.check_weights(_tiny_config(weights=mo_models.get_state(src), classes=2), 2)
+        check_weights(cfg, classes=2)
+    check_weights(_tiny_config(weights=mo_models.get_state(src), classes=2), 2)
     # run() fails before building anything
     with pytest.raises(ValueError, match="differ"):
         training.run(_tiny_config(), tr, va, str(tmp_path / "out"))

@@ -17,6 +17,7 @@ import json
 import pathlib
 import re
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.benchmark.zoo import FORMS, top1
 
 FILE_QUANTIZATIONS = ("float32", "float16", "int8", "dynamic")
@@ -126,6 +127,7 @@ def parse_coreml_report(data: dict) -> list:
     return rows
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def import_device_results(path) -> dict:
     """Reads a ``benchmark_model`` log (any text file) or a Core ML report
     JSON into a results dict with the row format of

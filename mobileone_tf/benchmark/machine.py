@@ -12,12 +12,14 @@ from importlib import metadata
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.benchmark import stats
 
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon")
 VERSIONED = ("numpy", "tensorflow", "keras", "ai_edge_litert", "onnxruntime", "tf2onnx")
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def machine_info() -> dict:
     """Machine description for a results file.
 

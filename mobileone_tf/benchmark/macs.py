@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from mobileone_tf.api_export import mobileone_export
+
 
 def _static_shape(tensor) -> tuple:
     s = tuple(tensor.shape)
@@ -41,6 +43,7 @@ def _block_macs(layer, out: dict):
         out["elementwise"] += h * w * cout
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def count_macs_detail(model) -> dict:
     """MACs of a built functional Keras 3 model with static spatial shapes.
 
@@ -82,6 +85,7 @@ def count_macs_detail(model) -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def count_macs(model) -> int:
     """Total MACs per image (see :func:`count_macs_detail`)."""
     return count_macs_detail(model)["total"]

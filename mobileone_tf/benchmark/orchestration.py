@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.benchmark import device_logs, machine, report, workers, zoo
 from mobileone_tf.benchmark.torch_worker import run_torch, torch_available
 
@@ -86,6 +87,7 @@ def check_config(config: dict) -> dict:
     return cfg
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def run(config: dict) -> dict:
     """Runs a benchmark described by ``config`` and returns the results dict.
 
@@ -208,6 +210,7 @@ def _run_train(cfg, result):
     return result
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def run_and_report(config: dict, *, import_device_results=None, json_path=None,
                    markdown_path=None, plot_path=None, plot_runtime="tflite-float32",
                    overwrite=False) -> str:

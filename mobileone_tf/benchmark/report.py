@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from mobileone_tf import fileio
+from mobileone_tf.api_export import mobileone_export
 
 PEAK_RUNTIMES = ("tflite-float32", "tflite-float16", "tflite-bare", "tflite-unfolded", "keras",
                  "onnx", "torch")
@@ -290,6 +291,7 @@ def _findings_lines(result: dict) -> list:
     return lines
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def to_markdown(result: dict) -> str:
     """A markdown report: machine line, GEMM peak, summary table, the full
     latency table (sorted by runtime, threads, model), training throughput,
@@ -325,6 +327,7 @@ def to_markdown(result: dict) -> str:
 # ---------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------
+@mobileone_export("mobileone_tf.benchmark")
 def write_json(result: dict, path, *, overwrite: bool = True) -> str:
     """The results dict as JSON (atomic; non-JSON values as ``str``).
 
@@ -335,6 +338,7 @@ def write_json(result: dict, path, *, overwrite: bool = True) -> str:
                                overwrite=overwrite)
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def write_markdown(result: dict, path, *, overwrite: bool = True) -> str:
     """:func:`to_markdown` of ``result``, written atomically.
 
@@ -344,6 +348,7 @@ def write_markdown(result: dict, path, *, overwrite: bool = True) -> str:
     return fileio.atomic_write(path, to_markdown(result), overwrite=overwrite)
 
 
+@mobileone_export("mobileone_tf.benchmark")
 def plot(result: dict, path, runtime: str = "tflite-float32", threads=None, *,
          overwrite: bool = True) -> str:
     """Writes a figure (format from the suffix, e.g. ``.png``) with two

@@ -29,12 +29,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.data.listing import list_examples
 
 MAX_NAMED = 10
 """How many file names an error message or report lists before ``...``."""
 
 
+@mobileone_export("mobileone_tf.data")
 class ImageDecodeError(ValueError):
     """An image file that cannot be decoded (corrupt, truncated, not an image).
 
@@ -57,6 +59,7 @@ def _reason(exc) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
+@mobileone_export("mobileone_tf.data")
 def open_image(path):
     """Reads and fully decodes one image file with PIL.
 
@@ -91,6 +94,7 @@ def open_image(path):
                                [path]) from e
 
 
+@mobileone_export("mobileone_tf.data")
 def decode_image(data):
     """In-graph decoder: encoded JPEG / PNG / BMP / GIF (first frame) / WebP
     bytes (a scalar ``tf.string``) -> ``uint8 (H, W, 3)`` RGB tensor.
@@ -120,6 +124,7 @@ def _problem(path):
     return None
 
 
+@mobileone_export("mobileone_tf.data")
 def check_images(paths, workers=None) -> None:
     """Decodes every file of ``paths`` with :func:`open_image` (in a thread
     pool of ``workers``, default ``min(8, cpu count)``; PIL releases the GIL
@@ -145,6 +150,7 @@ def check_images(paths, workers=None) -> None:
                                [p for p, _ in bad])
 
 
+@mobileone_export("mobileone_tf.data")
 def check_image_folder(data_dir, synset_to_index=None, num_classes=None, workers=None):
     """Lists a labelled folder (:func:`mobileone_tf.data.list_examples`) and
     decodes every image (:func:`check_images`): the check to run on a
@@ -164,6 +170,7 @@ def check_image_folder(data_dir, synset_to_index=None, num_classes=None, workers
     return paths, labels
 
 
+@mobileone_export("mobileone_tf.data")
 def describe_skipped(skipped, total=None) -> str:
     """One-line report of skipped undecodable files, e.g. ``"2 of 1300
     images skipped (not decodable): a.jpg, b.jpg"`` (full paths, the first

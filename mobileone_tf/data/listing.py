@@ -25,12 +25,16 @@ import fnmatch
 import os
 from typing import NamedTuple
 
+from mobileone_tf.api_export import mobileone_export
+
+mobileone_export("mobileone_tf.data")("IMAGE_EXTENSIONS")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 """Image file name endings (compared lower-case). GIF: first frame."""
 
 LABELS_CSV = "labels.csv"
 
 
+@mobileone_export("mobileone_tf.data")
 def is_image_file(name) -> bool:
     """True for a visible file name (no leading ``.``) ending in one of
     :data:`IMAGE_EXTENSIONS` (any case)."""
@@ -52,6 +56,7 @@ def _walk_images(folder):
     return paths
 
 
+@mobileone_export("mobileone_tf.data")
 def list_images(folder) -> list:
     """All image files under ``folder`` (recursive, any case of
     :data:`IMAGE_EXTENSIONS`), as sorted absolute paths (str).
@@ -69,6 +74,7 @@ def list_images(folder) -> list:
     return paths
 
 
+@mobileone_export("mobileone_tf.data")
 def select_paths(paths, include=None, exclude=None) -> list:
     """The ``paths`` that match an ``include`` pattern (all when ``None``) and
     no ``exclude`` pattern, in their order.
@@ -85,6 +91,7 @@ def select_paths(paths, include=None, exclude=None) -> list:
             if (not include or hit(p, include)) and not hit(p, exclude)]
 
 
+@mobileone_export("mobileone_tf.data")
 def list_image_folders(folders, exclude=None) -> list:
     """:func:`list_images` of one folder or several (concatenated in the given
     order), without the paths matching an ``exclude`` pattern
@@ -106,6 +113,7 @@ def list_image_folders(folders, exclude=None) -> list:
     return kept
 
 
+@mobileone_export("mobileone_tf.data")
 class ImageFolders(NamedTuple):
     """One or several image folders read as one listing
     (:func:`list_image_folders`), without the paths matching ``exclude``
@@ -123,6 +131,7 @@ class ImageFolders(NamedTuple):
         return f"{text} without {', '.join(self.exclude)}" if self.exclude else text
 
 
+@mobileone_export("mobileone_tf.data")
 def image_folders(source, exclude=None):
     """``source`` -- a folder, a list/tuple of folders, or :class:`ImageFolders`
     -- as :class:`ImageFolders` (with ``exclude`` added); ``None`` for anything
@@ -138,6 +147,7 @@ def image_folders(source, exclude=None):
     return None
 
 
+@mobileone_export("mobileone_tf.data")
 def read_class_index(path) -> dict:
     """Reads a synset -> ImageNet-1k index mapping from a CSV file.
 
@@ -164,6 +174,7 @@ def read_class_index(path) -> dict:
         return {row["synset"]: int(row[index_col]) for row in reader}
 
 
+@mobileone_export("mobileone_tf.data")
 def class_names(data_dir) -> list:
     """Sorted visible subfolder names of an ImageFolder (the class index
     order when no ``synset_to_index`` is used)."""
@@ -176,6 +187,7 @@ def _is_synset(name) -> bool:
     return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
 
 
+@mobileone_export("mobileone_tf.data")
 def is_synset_folder(data_dir) -> bool:
     """True for an ImageFolder (no ``labels.csv``) whose class folders are all
     WordNet synset ids such as ``n01440764``."""
@@ -191,6 +203,7 @@ def _check_num_classes(num_classes):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
+@mobileone_export("mobileone_tf.data")
 def list_examples(data_dir, synset_to_index=None, num_classes=None):
     """Lists the labelled images of a ``labels.csv`` folder or an ImageFolder.
 

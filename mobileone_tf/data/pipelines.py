@@ -18,6 +18,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.data.decode import ImageDecodeError, decode_image
 from mobileone_tf.data.listing import (image_folders, list_examples, list_image_folders,
                                        list_images, select_paths)
@@ -79,6 +80,7 @@ def _included(paths, labels, include, data_dir):
     return [p for p, _ in pairs], [y for _, y in pairs]
 
 
+@mobileone_export("mobileone_tf.data")
 def eval_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                  synset_to_index=None, num_classes=None,
                  num_parallel_calls=tf.data.AUTOTUNE, backend="pil",
@@ -154,6 +156,7 @@ def eval_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=E
 # TFRecords
 # --------------------------------------------------------------------------
 
+@mobileone_export("mobileone_tf.data")
 def is_tfrecord_source(source) -> bool:
     """True when ``source`` is a TFRecord file / glob pattern (or a list of
     them) rather than an image folder."""
@@ -162,6 +165,7 @@ def is_tfrecord_source(source) -> bool:
     return not os.path.isdir(os.fspath(source))
 
 
+@mobileone_export("mobileone_tf.data")
 def tfrecord_files(source) -> list:
     """Sorted TFRecord files matching ``source`` (a file, glob pattern, or a
     list of them). Raises FileNotFoundError when nothing matches."""
@@ -173,6 +177,7 @@ def tfrecord_files(source) -> list:
     return files
 
 
+@mobileone_export("mobileone_tf.data")
 def count_records(source) -> int:
     """Number of records in TFRecord ``source`` (reads every shard once)."""
     return int(sum(1 for f in tfrecord_files(source) for _ in tf.data.TFRecordDataset(f)))
@@ -201,6 +206,7 @@ def _records(source, label_offset, shuffle_files, seed):
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+@mobileone_export("mobileone_tf.data")
 def tfrecord_eval_dataset(source, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                           label_offset=0):
     """Labelled eval batches from ImageNet-style TFRecord shards.
@@ -244,6 +250,7 @@ def _augmenter(augment, magnitude, seed):
                      "(Keras 3 has no AutoAugment layer)")
 
 
+@mobileone_export("mobileone_tf.data")
 def train_dataset(source, batch_size, image_size=224, *, synset_to_index=None,
                   label_offset=0, shuffle=True, shuffle_buffer=10_000, seed=None,
                   deterministic=False, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -331,6 +338,7 @@ def train_dataset(source, batch_size, image_size=224, *, synset_to_index=None,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+@mobileone_export("mobileone_tf.data")
 def find_undecodable(paths, num_parallel_calls=tf.data.AUTOTUNE) -> list:
     """The files among ``paths`` that the in-graph decoder
     (:func:`mobileone_tf.data.decode_image`) cannot read or decode -- exactly
@@ -369,6 +377,7 @@ DISTILL_RRC_SCALE = (0.25, 1.0)
 0.08 lower bound leaves a few pixels of a 64x64 image)."""
 
 
+@mobileone_export("mobileone_tf.data")
 def image_folder_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT,
                          shuffle=False, seed=None, repeat=False, augment=False,
                          drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
@@ -421,6 +430,7 @@ def image_folder_dataset(data_dir, batch_size=32, image_size=EVAL_IMAGE_SIZE, cr
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+@mobileone_export("mobileone_tf.data")
 def image_batches(folder, image_size, batch_size, max_batches, crop_pct=EVAL_CROP_PCT):
     """Yields up to ``max_batches`` full float32 ``(batch_size, S, S, 3)``
     numpy batches (RGB 0..255, :func:`load_image`) of images picked evenly

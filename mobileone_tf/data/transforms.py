@@ -25,10 +25,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.data.decode import open_image
 from mobileone_tf.weights.presets import EVAL_CROP_PCT, EVAL_IMAGE_SIZE
 
 
+@mobileone_export("mobileone_tf.data")
 def pil_eval_transform(image, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """torchvision-equal eval transform with PIL.
 
@@ -64,6 +66,7 @@ def _square_size(image_size) -> int:
     return int(image_size)
 
 
+@mobileone_export("mobileone_tf.data")
 def load_image(path, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """One image file through the torchvision-equal eval transform
     (:func:`mobileone_tf.data.pil_eval_transform`).
@@ -82,6 +85,7 @@ def load_image(path, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     return np.asarray(pil_eval_transform(path, size, crop_pct), np.float32)
 
 
+@mobileone_export("mobileone_tf.data")
 def load_images(paths, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT):
     """:func:`load_image` of every path, stacked: float32 ``(N, image_size,
     image_size, 3)`` RGB 0..255. Raises on the first unreadable file (named)."""
@@ -115,6 +119,7 @@ def center_crop(image, size):
     return image[top:top + size, left:left + size, :]
 
 
+@mobileone_export("mobileone_tf.data")
 def eval_transform(image, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT, antialias=True):
     """In-graph eval transform of one ``(H, W, 3)`` image tensor (any
     numeric dtype, 0..255).
@@ -131,6 +136,7 @@ def eval_transform(image, image_size=EVAL_IMAGE_SIZE, crop_pct=EVAL_CROP_PCT, an
     return image
 
 
+@mobileone_export("mobileone_tf.data")
 def random_resized_crop(image, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                         seed=None, stateless_seed=None):
     """Inception-style random-resized crop of one ``(H, W, 3)`` tensor.
@@ -164,6 +170,7 @@ def random_resized_crop(image, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
+@mobileone_export("mobileone_tf.data")
 def random_crop_flip(image, image_size, crop_pct=0.875):
     """Mild augmentation for distillation / calibration on unlabelled images:
     bilinear resize (no antialiasing) of the short side to

@@ -7,6 +7,7 @@ argument check of a format, no model or image touched). Each takes one
 
 from __future__ import annotations
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import coreml, onnx, saved_model, tflite
 from mobileone_tf.export.common import FORMATS, ExportError
 from mobileone_tf.export.options import export_options
@@ -23,6 +24,7 @@ def _exporter(format):
     return EXPORTERS[format]
 
 
+@mobileone_export("mobileone_tf.export")
 def check_options(format, output, options=None, include_top=None, **keywords):
     """The argument checks ``to_{format}`` makes before touching the model
     (the values of ``options``: :meth:`.options.ExportOptions.validate`; the
@@ -48,6 +50,7 @@ def check_options(format, output, options=None, include_top=None, **keywords):
     return _CHECKS[format](output, options)
 
 
+@mobileone_export("mobileone_tf.export")
 def export(model, output, format, options=None, **keywords):
     """Dispatches to ``to_{format}(model, output, options, **keywords)``.
 
@@ -57,6 +60,7 @@ def export(model, output, format, options=None, **keywords):
     return _exporter(format)(model, output, options, **keywords)
 
 
+@mobileone_export("mobileone_tf.export")
 def export_variant(variant, output, format, options=None, *, weights="imagenet",
                    include_top=True, classes=1000, classifier_activation="softmax",
                    include_preprocessing=True, **keywords):

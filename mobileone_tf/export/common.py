@@ -18,8 +18,11 @@ import os
 import numpy as np
 
 from mobileone_tf import fileio
+from mobileone_tf.api_export import mobileone_export
 
+mobileone_export("mobileone_tf.export")("FORMATS")
 FORMATS = ("tflite", "coreml", "onnx", "saved_model")
+mobileone_export("mobileone_tf.export")("QUANTIZE_MODES")
 QUANTIZE_MODES = {
     "tflite": ("none", "float16", "dynamic", "int8", "int16x8"),
     "coreml": ("none", "float32", "int8", "palettize4"),
@@ -31,8 +34,11 @@ SUFFIXES = {"tflite": (".tflite",), "coreml": (".mlpackage",), "onnx": (".onnx",
 FILE_FORMATS = ("tflite", "onnx")
 """Formats whose output is one file (the others write a folder)."""
 LABELS_FILE = "labels.txt"
+mobileone_export("mobileone_tf.export")("INPUT_NAME")
 INPUT_NAME = "image"
+mobileone_export("mobileone_tf.export")("COREML_LABEL")
 COREML_LABEL = "classLabel"
+mobileone_export("mobileone_tf.export")("COREML_PROBS")
 COREML_PROBS = "classLabelProbs"
 AUTHOR = "mobileone_tf (Keras port of Apple's ml-mobileone)"
 DEFAULT_LICENSE = ("Apple sample-code licence (ml-mobileone) for Apple's released "
@@ -44,10 +50,12 @@ FUSED_TFLITE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "PAD", "MEAN", "AVERAGE_POOL
                     "QUANTIZE", "DEQUANTIZE"}
 
 
+@mobileone_export("mobileone_tf.export")
 class ExportError(ValueError):
     """Bad export arguments (unknown format/mode, missing data, existing output)."""
 
 
+@mobileone_export("mobileone_tf.export")
 class ExportVerificationError(RuntimeError):
     """A float32 export does not reproduce the Keras model (nothing was written)."""
 
@@ -224,6 +232,7 @@ def _json_default(o):
     return str(o)
 
 
+@mobileone_export("mobileone_tf.export")
 def format_report(report):
     """A one-screen text rendering of an export report."""
     lines = [f"{report['format']}: {report.get('path')}  "

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import (AUTHOR, COREML_LABEL, COREML_PROBS, DEFAULT_LICENSE,
                                         INPUT_NAME, ExportError, ExportVerificationError,
@@ -147,6 +148,7 @@ def _verify(job, staged, check_weights):
                                       "Nothing was written.")
 
 
+@mobileone_export("mobileone_tf.export")
 def to_coreml(model, output, options=None, *, class_names=None,
               minimum_deployment_target="iOS16", author=AUTHOR, license=DEFAULT_LICENSE,
               version=None, description=None, **keywords):
@@ -221,6 +223,7 @@ def _mil_ops(spec):
     return ops
 
 
+@mobileone_export("mobileone_tf.export")
 def check_coreml(path, keras_model=None, class_names=None, check_weights=True):
     """Spec-level checks of an exported ``.mlpackage`` (runs on Linux).
 
@@ -298,6 +301,7 @@ def _conv_weights_match(ct, mlmodel, keras_model):
     return True
 
 
+@mobileone_export("mobileone_tf.export")
 def verify_coreml(path, variant="s0", *, weights="imagenet", images=None, num_images=8,
                   rtol=1e-2):
     """Checks an exported ``.mlpackage`` against the Keras MobileOne it came from.

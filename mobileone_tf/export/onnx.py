@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import INPUT_NAME, quiet, staging
 from mobileone_tf.export.job import check_classes, check_export, start
@@ -34,6 +35,7 @@ def onnx_proto(fixed, opset=17):
     return proto
 
 
+@mobileone_export("mobileone_tf.export")
 def to_onnx(model, output, options=None, *, class_names=None, **keywords):
     """Exports ONNX with ``tf2onnx`` (static batch; ``labels.txt`` beside it).
 

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence, Union
 from mobileone_tf.dataflags import option
 from mobileone_tf.export.common import ExportError, check_geometry, check_mode
 from mobileone_tf.quantization.options import INT8_IO
+from mobileone_tf.api_export import mobileone_export
 
 OUTPUTS = ("probabilities", "logits")
 """What a classifier export outputs (:func:`.prepare.set_outputs`)."""
@@ -27,6 +28,7 @@ OPSETS = (9, 18)
 """ONNX opsets tf2onnx 1.17 writes (inclusive)."""
 
 
+@mobileone_export("mobileone_tf.export")
 @dataclasses.dataclass(frozen=True)
 class Int8Options:
     """int8 (and int16x8) post-training quantization of a TFLite export, and
@@ -119,6 +121,7 @@ class Int8Options:
         return data.image_folders(self.calibration_data, self.calibration_exclude)
 
 
+@mobileone_export("mobileone_tf.export")
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
     """How a Keras model becomes a file (:func:`mobileone_tf.export.export`)."""
@@ -179,6 +182,7 @@ EXPORT_FIELDS = tuple(f.name for f in dataclasses.fields(ExportOptions))
 INT8_FIELDS = tuple(f.name for f in dataclasses.fields(Int8Options))
 
 
+@mobileone_export("mobileone_tf.export")
 def export_options(options=None, **keywords):
     """``options`` (default :class:`ExportOptions`) with ``keywords``
     replacing fields of it or of its :class:`Int8Options` (e.g.

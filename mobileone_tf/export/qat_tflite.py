@@ -27,6 +27,7 @@ from mobileone_tf.export.job import check_classes, check_export, start
 from mobileone_tf.export.metadata import mediapipe_dir
 from mobileone_tf.export.options import export_options
 from mobileone_tf.export.tflite import write_tflite
+from mobileone_tf.api_export import mobileone_export
 
 QAT_FIELDS = tuple(f.name for f in dataclasses.fields(quantization.QatOptions))
 
@@ -65,6 +66,7 @@ def _write(qat_model, model, output, options, class_names, qat_report=None):
         return write_tflite(job, flatbuffer, tmp, options)
 
 
+@mobileone_export("mobileone_tf.export")
 def write_qat_tflite(qat_model, model, output, options=None, *, class_names=None, **keywords):
     """Writes the full-integer int8 TFLite file of a QAT model.
 
@@ -93,6 +95,7 @@ def write_qat_tflite(qat_model, model, output, options=None, *, class_names=None
     return _write(qat_model, model, output, options, class_names)
 
 
+@mobileone_export("mobileone_tf.export")
 def qat_to_tflite(model, train_data, output, qat=None, options=None, *, class_names=None,
                   **keywords):
     """QAT of a fused Keras 3 MobileOne
@@ -115,6 +118,7 @@ def qat_to_tflite(model, train_data, output, qat=None, options=None, *, class_na
     return (qat_model, *_write(qat_model, model, output, options, class_names, report))
 
 
+@mobileone_export("mobileone_tf.export")
 def qat_variant_to_tflite(variant, weights, train_data, output, qat=None, options=None, *,
                           class_names=None, **keywords):
     """:func:`qat_to_tflite` of ``MobileOne(variant, weights)`` (fused, logits,

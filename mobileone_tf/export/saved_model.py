@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import prepare
 from mobileone_tf.export.common import INPUT_NAME, quiet, staging
 from mobileone_tf.export.job import check_export, start
@@ -45,6 +46,7 @@ def check_options(output, options):
     return check_export("saved_model", output, options)
 
 
+@mobileone_export("mobileone_tf.export")
 def to_saved_model(model, output, options=None, **keywords):
     """Exports a TensorFlow SavedModel (``serving_default`` signature).
 

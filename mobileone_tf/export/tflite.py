@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.export import selective
 from mobileone_tf.export.common import INPUT_NAME, ExportError, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
@@ -195,6 +196,7 @@ def quantization_inputs(fixed, calibration_data, calibration_steps=100, equalize
     return (_equalized(fixed, calibration_data) if equalize else fixed), calibration
 
 
+@mobileone_export("mobileone_tf.export")
 def to_tflite(model, output, options=None, *, class_names=None, **keywords):
     """Exports a TFLite / LiteRT flatbuffer (and ``labels.txt`` beside it)
     carrying TFLite metadata for MediaPipe Tasks / Android Studio.

@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 import keras_hub
 
+from mobileone_tf.api_export import mobileone_export
+
 BLOCK_ENDS = ("_add", "project_bn")
 
 
@@ -39,6 +41,7 @@ def pyramid_layer_names(model, size=224):
     return names
 
 
+@mobileone_export("mobileone_tf.hub")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class ApplicationBackbone(keras_hub.models.FeaturePyramidBackbone):
     """``keras.applications.<application>(include_top=False)`` with

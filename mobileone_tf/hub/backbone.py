@@ -26,6 +26,7 @@ import keras_hub
 from mobileone_tf import models as mo_models
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 """Layer-name prefixes of the stem and the four stages (Table 7 of the paper)."""
@@ -94,6 +95,7 @@ def check_preset_name(cls, preset):
                          f"names: {', '.join(sorted(cls.presets)) or 'none registered'}")
 
 
+@mobileone_export("mobileone_tf.hub")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
     """MobileOne (Vasu et al., CVPR 2023) as a KerasHub feature-pyramid backbone.

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import keras
 
+from mobileone_tf.api_export import mobileone_export
+
+mobileone_export("mobileone_tf.hub")("DETECTIONS")
 DETECTIONS = "detections"
 """Name of the raw detector output: per anchor, ``[4 box regression | C class
 logits]`` (KerasHub RetinaNet's ``bbox_regression`` and ``cls_logits``, before
 anchor decoding and non-max suppression)."""
 
 
+@mobileone_export("mobileone_tf.hub")
 def raw_detections_model(detector, name=None):
     """``image -> (B, anchors, 4 + num_classes)`` float32: the detector's box
     regression (center-xywh offsets against its anchors) and class logits

@@ -50,6 +50,7 @@ from mobileone_tf.hub.backbone import MobileOneBackbone
 from mobileone_tf.hub.preset_files import CONFIG, MODEL_WEIGHTS, TASK_WEIGHTS, check_preset
 from mobileone_tf.hub.presets import make_preset
 from mobileone_tf.weights import download
+from mobileone_tf.api_export import mobileone_export
 
 PRESET_SUBDIR = os.path.join(download.CACHE_SUBDIR, "presets")
 """The preset folders' place in the Keras cache."""
@@ -57,6 +58,7 @@ HANDLE = "kaggle_handle"
 """The metadata key KerasHub reads to resolve a registered name."""
 
 
+@mobileone_export("mobileone_tf.hub")
 def preset_dir(name) -> str:
     """The cache folder of preset ``name`` (not built; ValueError for an
     unknown name, listing the known ones)."""
@@ -84,6 +86,7 @@ def _problem(folder, preset):
     return None
 
 
+@mobileone_export("mobileone_tf.hub")
 def ensure_preset(name) -> str:
     """The local KerasHub preset folder of ``name``, built on first use.
 

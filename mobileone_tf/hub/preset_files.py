@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 
+from mobileone_tf.api_export import mobileone_export
+
 CONFIG = "config.json"
 TASK = "task.json"
 MODEL_WEIGHTS = "model.weights.h5"
@@ -33,6 +35,7 @@ MAX_JSON_BYTES = 64 << 20
 """A preset's JSON files are small; anything larger is refused unread."""
 
 
+@mobileone_export("mobileone_tf.hub")
 def check_preset(preset, backbone_only=False):
     """Validates a local preset directory (``save_to_preset`` layout).
 

@@ -19,6 +19,7 @@ from mobileone_tf import fileio
 from mobileone_tf import models as mo_models
 from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.hub.backbone import MobileOneBackbone
 from mobileone_tf.hub.preset_files import CONFIG, TASK, check_preset
 from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
@@ -27,6 +28,7 @@ from mobileone_tf.hub.tasks import (MobileOneImageClassifier,
 from mobileone_tf.weights.presets import preset_name
 
 
+@mobileone_export("mobileone_tf.hub")
 def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=False):
     """Writes a KerasHub preset directory from a MobileOne checkpoint.
 
@@ -76,6 +78,7 @@ def make_preset(checkpoint, output_dir, *, variant=None, fused=False, overwrite=
     return output_dir
 
 
+@mobileone_export("mobileone_tf.hub")
 def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False):
     """Presets ``{output_root}/NAME`` for S0-S4, named as the preset table
     (:func:`mobileone_tf.weights.presets.preset_name`): fused
@@ -101,6 +104,7 @@ def make_presets(output_root, checkpoints=None, *, fused=False, overwrite=False)
             for v, path in checkpoints.items()}
 
 
+@mobileone_export("mobileone_tf.hub")
 def load_preset(preset, *, backbone_only=False, **kwargs):
     """Loads a local KerasHub preset directory, checked first.
 

@@ -11,12 +11,14 @@ from mobileone_tf import models as mo_models
 from mobileone_tf import state_keys as sk
 from mobileone_tf.hub.backbone import MobileOneBackbone, check_preset_name
 from mobileone_tf.weights.presets import EVAL_IMAGE_SIZE
+from mobileone_tf.api_export import mobileone_export
 
 SCALE = tuple(1.0 / (255.0 * s) for s in mo_models.IMAGENET_STD)
 """Converter ``scale``: RGB 0..255 -> ImageNet-normalized with ``OFFSET``."""
 OFFSET = tuple(-m / s for m, s in zip(mo_models.IMAGENET_MEAN, mo_models.IMAGENET_STD))
 
 
+@mobileone_export("mobileone_tf.hub")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneImageConverter(keras_hub.layers.ImageConverter):
     """Resizes RGB 0..255 images and normalizes them with ImageNet mean/std
@@ -35,6 +37,7 @@ class MobileOneImageConverter(keras_hub.layers.ImageConverter):
         super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
 
 
+@mobileone_export("mobileone_tf.hub")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreprocessor):
     """``ImageClassifierPreprocessor`` with a :class:`MobileOneImageConverter`."""
@@ -43,6 +46,7 @@ class MobileOneImageClassifierPreprocessor(keras_hub.models.ImageClassifierPrepr
     image_converter_cls = MobileOneImageConverter
 
 
+@mobileone_export("mobileone_tf.hub")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneImageClassifier(keras_hub.models.ImageClassifier):
     """MobileOne image classifier: ``MobileOneBackbone`` -> global average
@@ -64,6 +68,7 @@ class MobileOneImageClassifier(keras_hub.models.ImageClassifier):
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
+@mobileone_export("mobileone_tf.hub")
 def load_classifier_weights(classifier, path):
     """Loads a MobileOne checkpoint (``.weights.h5`` or PyTorch, either form,
     see :func:`mobileone_tf.models.read_state`) into a

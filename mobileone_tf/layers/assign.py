@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
+
 
 def weight_names(layer) -> list:
     """Backend-neutral short weight names of ``layer`` in ``layer.weights``
@@ -16,6 +18,7 @@ def weight_names(layer) -> list:
     return names
 
 
+@mobileone_export("mobileone_tf.layers")
 def layer_state(pairs) -> dict:
     """``{f"{prefix}/{weight name}": array}`` of ``(prefix, layer)`` pairs."""
     state = {}
@@ -25,6 +28,7 @@ def layer_state(pairs) -> dict:
     return state
 
 
+@mobileone_export("mobileone_tf.layers")
 def assign_layers(pairs, state: dict, where: str = "", dry_run: bool = False):
     """Sets each layer's weights from ``state[f"{prefix}/{weight name}"]``.
 

@@ -29,6 +29,7 @@ import keras
 
 from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.layers.assign import assign_layers, layer_state
 from mobileone_tf.layers.folding import (BN_EPSILON, BN_MOMENTUM, branched_state_from_fused,
                                          fused_kernel_bias)
@@ -43,6 +44,7 @@ def _bn_layer(name, dtype, synchronized=False):
         synchronized=synchronized)
 
 
+@mobileone_export("mobileone_tf.layers")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneBlock(keras.layers.Layer):
     """Train-time (branched) MobileOne block, re-parameterizable by :meth:`fuse`.

@@ -17,6 +17,7 @@ import numpy as np
 
 from mobileone_tf import state_keys as sk
 from mobileone_tf.state_keys import BN_KEYS
+from mobileone_tf.api_export import mobileone_export
 
 BN_EPSILON = 1e-5
 """BatchNorm epsilon (PyTorch's default, as in Apple's and timm's code)."""
@@ -64,6 +65,7 @@ def _bn(state: dict, prefix: str) -> dict:
     return dict(zip(BN_KEYS, (state[k] for k in sk.bn_keys(prefix))))
 
 
+@mobileone_export("mobileone_tf.layers")
 def fused_kernel_bias(state: dict, depthwise: bool, epsilon: float = BN_EPSILON):
     """The single kernel and bias equal to one branched block in inference mode.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 
 FUSED_ROLES = ("pad", "conv", "se_pool", "se_reduce", "se_expand", "se_scale", "act")
 """Layer roles of a fused block; layer ``{block name}_{role}`` for each one
@@ -69,6 +70,7 @@ def fused_layers(spec, keras_module=None, dtype=None) -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf.layers")
 def apply_fused(x, layers: dict):
     """Wires the layers of :func:`fused_layers` on NHWC tensor ``x``:
     ``(batch, H, W, in) -> (batch, ceil(H / s), ceil(W / s), filters)``."""
@@ -81,11 +83,13 @@ def apply_fused(x, layers: dict):
     return layers["act"](x)
 
 
+@mobileone_export("mobileone_tf.layers")
 def fused_block(x, spec, keras_module=None):
     """Applies a new fused block (:func:`fused_layers`) to ``x``."""
     return apply_fused(x, fused_layers(spec, keras_module))
 
 
+@mobileone_export("mobileone_tf.layers")
 def fused_block_layers(layers: dict, name: str) -> list:
     """``(state key prefix, layer)`` pairs holding the weights of the fused
     block ``name``: ``reparam`` (the conv), ``se/reduce``, ``se/expand``.

@@ -18,9 +18,15 @@ import keras
 
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import state_keys, variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.models.state import load_weights
-from mobileone_tf.weights.presets import IMAGENET_MEAN, IMAGENET_STD
+from mobileone_tf.weights import presets
 
+mobileone_export("mobileone_tf.models")("IMAGENET_MEAN")
+IMAGENET_MEAN = presets.IMAGENET_MEAN
+mobileone_export("mobileone_tf.models")("IMAGENET_STD")
+IMAGENET_STD = presets.IMAGENET_STD
+mobileone_export("mobileone_tf.models")("HEAD_NAME")
 HEAD_NAME = state_keys.HEAD_LAYER
 
 
@@ -117,6 +123,7 @@ BASE_DOCSTRING = """Instantiates {name} (Vasu et al., "MobileOne: An Improved On
     """
 
 
+@mobileone_export("mobileone_tf.models")
 @keras.saving.register_keras_serializable(package="mobileone_tf")
 class MobileOneModel(keras.Model):
     """A functional MobileOne model that records how it was built.
@@ -152,6 +159,7 @@ def _activation_name(activation):
     return getattr(activation, "__name__", str(activation))
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def MobileOne(variant="s0", include_top=True, weights="imagenet", input_tensor=None,
               input_shape=None, pooling=None, classes=1000,
               classifier_activation="softmax", include_preprocessing=True,
@@ -194,6 +202,7 @@ MobileOne.__doc__ = BASE_DOCSTRING.format(
         variant: ``"s0"`` ... ``"s4"`` (case-insensitive).""")
 
 
+@mobileone_export("mobileone_tf.models")
 def build_backbone(x, variant, keras_module=keras, fused=False,
                    include_preprocessing=True):
     """Applies the MobileOne stem and stages to NHWC tensor ``x``.
@@ -220,6 +229,7 @@ def build_backbone(x, variant, keras_module=keras, fused=False,
     return x
 
 
+@mobileone_export("mobileone_tf.models")
 def build_head(x, keras_module, include_top, pooling, classes, classifier_activation):
     L = keras_module.layers
     if include_top:
@@ -253,15 +263,16 @@ def _make(v):
     return builder
 
 
-MobileOneS0 = _make("s0")
-MobileOneS1 = _make("s1")
-MobileOneS2 = _make("s2")
-MobileOneS3 = _make("s3")
-MobileOneS4 = _make("s4")
+MobileOneS0 = mobileone_export("mobileone_tf", "mobileone_tf.models")(_make("s0"))
+MobileOneS1 = mobileone_export("mobileone_tf", "mobileone_tf.models")(_make("s1"))
+MobileOneS2 = mobileone_export("mobileone_tf", "mobileone_tf.models")(_make("s2"))
+MobileOneS3 = mobileone_export("mobileone_tf", "mobileone_tf.models")(_make("s3"))
+MobileOneS4 = mobileone_export("mobileone_tf", "mobileone_tf.models")(_make("s4"))
 
 
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def preprocess_input(x, data_format=None, include_preprocessing=True):
     """Prepares RGB images for a MobileOne model (``keras.applications`` style).
 

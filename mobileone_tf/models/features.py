@@ -7,9 +7,11 @@ from __future__ import annotations
 import keras
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.models.info import find_mobileone, model_info
 
 
+@mobileone_export("mobileone_tf.models")
 def level_layers(model) -> dict:
     """``{level: layer}``: the layer of ``model`` (a MobileOne built by this
     package, either form) whose output is each pyramid level's feature map."""
@@ -22,6 +24,7 @@ def level_layers(model) -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def feature_extractor(model, levels=None, name=None):
     """A model that returns the pyramid levels of a MobileOne as a dict.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 
 from mobileone_tf import layers as mo_layers
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.models.info import all_layers
 
 
@@ -23,6 +24,7 @@ FUSERS = []
 hands a model for which ``handles(model)`` is true to ``fuse(model)``."""
 
 
+@mobileone_export("mobileone_tf.models")
 def register_fuser(handles, fuse_function):
     """Registers ``fuse_function`` for the models for which ``handles(model)``
     is true (see :data:`FUSERS`); registering the same pair twice is a no-op."""
@@ -34,6 +36,7 @@ def _has_blocks(model) -> bool:
     return any(isinstance(layer, mo_layers.MobileOneBlock) for layer in all_layers(model))
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def fuse(model):
     """Returns a new model with every :class:`MobileOneBlock` re-parameterized.
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import keras
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 
 INFO_KEYS = ("variant", "fused", "include_top", "pooling", "classes",
              "classifier_activation", "include_preprocessing", "input_shape")
 
 
+@mobileone_export("mobileone_tf.models")
 def all_layers(model):
     """Every non-model layer of ``model``, depth first, nested models
     expanded (a nested model's own layers replace it)."""
@@ -22,6 +24,7 @@ def all_layers(model):
             yield layer
 
 
+@mobileone_export("mobileone_tf.models")
 def find_mobileone(model):
     """The :class:`MobileOneModel` that is ``model`` or is nested in it
     (depth first), or ``None``."""
@@ -35,6 +38,7 @@ def find_mobileone(model):
     return None
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def model_info(model) -> dict:
     """The recorded MobileOne configuration of ``model``.
 

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
+
 NUM_CLASSES = 1000
 CLASS_INDEX_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "imagenet_class_index.json")
@@ -33,6 +35,7 @@ def _index() -> tuple:
     return index
 
 
+@mobileone_export("mobileone_tf.models")
 def imagenet_class_index() -> list:
     """The 1000 ImageNet-1k classes as ``(synset, name)`` tuples in index
     order, e.g. ``("n01440764", "tench")`` for class 0 (the packaged index,
@@ -40,12 +43,14 @@ def imagenet_class_index() -> list:
     return list(_index())
 
 
+@mobileone_export("mobileone_tf.models")
 def imagenet_synset_to_index() -> dict:
     """``{synset: ImageNet-1k index}`` (e.g. ``"n01440764": 0``) from
     :func:`imagenet_class_index`."""
     return {synset: i for i, (synset, _) in enumerate(imagenet_class_index())}
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def decode_predictions(preds, top: int = 5) -> list:
     """Decodes ImageNet predictions like ``keras.applications``
     ``imagenet_utils.decode_predictions``.

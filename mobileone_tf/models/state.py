@@ -22,6 +22,7 @@ import keras
 
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import state_keys as sk
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.models.info import all_layers
 
 HEAD_NAME = sk.HEAD_LAYER
@@ -39,12 +40,14 @@ def _blocks(model):
     return branched, fused
 
 
+@mobileone_export("mobileone_tf.models")
 def model_form(model) -> str:
     """``"branched"`` if the model has any MobileOneBlock, else ``"fused"``."""
     branched, _ = _blocks(model)
     return "branched" if branched else "fused"
 
 
+@mobileone_export("mobileone_tf.models")
 def get_state(model) -> dict:
     """The model's weights as a flat state dict (module docstring)."""
     state = {}
@@ -103,6 +106,7 @@ def fuse_state(state: dict, depthwise_blocks) -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf.models")
 def assign_state(model, state: dict, skip_head_if_absent: bool = True):
     """Assigns a state (either form) to a model (either form).
 
@@ -191,6 +195,7 @@ def _dry_assign(pairs, values):
                             where=", ".join(layer.name for _, layer in pairs))
 
 
+@mobileone_export("mobileone_tf.models")
 @dataclasses.dataclass(frozen=True)
 class StateFile:
     """What :func:`read_state_file` found in a weights file.
@@ -222,6 +227,7 @@ class StateFile:
         return f"{name} ({self.form}, {self.layout} layout)"
 
 
+@mobileone_export("mobileone_tf.models")
 def read_state_file(path, variant=None) -> StateFile:
     """Reads a weights file as a flat state, whatever its format.
 
@@ -259,6 +265,7 @@ def read_state_file(path, variant=None) -> StateFile:
     return StateFile(result.state, result.variant, result.form, result.layout)
 
 
+@mobileone_export("mobileone_tf.models")
 def read_state(path, variant=None):
     """:func:`read_state_file` as ``(state, description)``: ``(None, None)``
     for a plain Keras ``.weights.h5``; ``description`` says what the file
@@ -272,6 +279,7 @@ def read_state(path, variant=None):
     return found.state, found.description
 
 
+@mobileone_export("mobileone_tf", "mobileone_tf.models")
 def load_weights(model, path):
     """Loads weights from a ``.weights.h5`` or a PyTorch checkpoint into a model.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.checks import fused_mobileone
 
 INT8_MAX = 127
@@ -98,6 +99,7 @@ def _rounding_shift(layer, per_tensor=()):
     return ops.mean(y, axis=spatial)
 
 
+@mobileone_export("mobileone_tf.quantization")
 def correct_bias(model, images, *, batch_size=None, skip=(), return_shifts=False,
                  per_tensor=()):
     """Empirical bias correction of int8 weight rounding (fused MobileOne).

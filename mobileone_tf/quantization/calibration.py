@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.tfkeras import load_tfmot
 
 _RANGE_SUFFIXES = ("_min", "_max")
@@ -14,6 +15,7 @@ def _is_range_variable(variable) -> bool:
     return variable.name.split("/")[-1].split(":")[0].endswith(_RANGE_SUFFIXES)
 
 
+@mobileone_export("mobileone_tf.quantization")
 def calibrate_ranges(qat_model, images, steps=10):
     """Sets the activation quantizers' ranges from data before QAT.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.calibration import frozen_ranges
 from mobileone_tf.quantization.tfkeras import load_tfmot
 
@@ -83,6 +84,7 @@ def check_schedule(epochs, steps_per_epoch):
                          f"the data), got {steps_per_epoch!r}")
 
 
+@mobileone_export("mobileone_tf.quantization")
 def fine_tune(qat_model, teacher, train_data, *, epochs=1, steps_per_epoch=None,
               learning_rate=1e-5, temperature=2.0, label_weight=0.0,
               checkpoint_dir=None, resume=True, mix=None, mix_alpha=1.0, verbose=1,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.checks import fused_mobileone
 
 
+@mobileone_export("mobileone_tf.quantization")
 def equalize_activations(model, images, *, min_scale=1e-2, pointwise_exponent=0.5):
     """Equalizes per-channel activation ranges in front of depthwise convs.
 

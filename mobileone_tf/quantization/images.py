@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 
+
+@mobileone_export("mobileone_tf.quantization")
 def qat_dataset(directory, image_size=224, batch_size=32, *, shuffle=True, augment=True,
                 seed=0, crop_pct=0.875, with_skipped=False, exclude=None):
     """Unlabelled images of one or several folders for calibration and distillation.

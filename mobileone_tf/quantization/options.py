@@ -12,7 +12,9 @@ import dataclasses
 from typing import Optional, Sequence
 
 from mobileone_tf.dataflags import option
+from mobileone_tf.api_export import mobileone_export
 
+mobileone_export("mobileone_tf.quantization")("INT8_IO")
 INT8_IO = ("float", "int8", "uint8")
 """Input/output tensor types of an int8 TFLite file: ``"float"`` (float32,
 QUANTIZE/DEQUANTIZE at the edges), ``"int8"`` or ``"uint8"``."""
@@ -21,6 +23,7 @@ AUGMENTS = ("crop_flip", "random_resized_crop", "none")
 MIXES = ("none", "mixup", "cutmix")
 
 
+@mobileone_export("mobileone_tf.quantization")
 @dataclasses.dataclass(frozen=True)
 class QatOptions:
     """How a fused MobileOne is fine-tuned for int8 (distillation from the
@@ -92,6 +95,7 @@ class QatOptions:
         return None if self.mix in ("none", None) else self.mix
 
 
+@mobileone_export("mobileone_tf.quantization")
 def qat_options(options=None, **keywords):
     """``options`` (default :class:`QatOptions`) with ``keywords`` replacing
     fields.

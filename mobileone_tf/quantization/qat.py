@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.bias_correction import correct_bias
 from mobileone_tf.quantization.calibration import calibrate_ranges
 from mobileone_tf.quantization.distillation import fine_tune
@@ -38,6 +39,7 @@ BIAS_CORRECTION_IMAGES = 128
 :func:`mobileone_tf.quantization.correct_bias`."""
 
 
+@mobileone_export("mobileone_tf.quantization")
 def fixed_batch(qat_model, batch_size=1):
     """The ``tf_keras`` model ``qat_model`` with a fixed batch dimension
     (XNNPACK wants one; the converter and the verification run it)."""
@@ -46,6 +48,7 @@ def fixed_batch(qat_model, batch_size=1):
     return tf_keras.Model(inp, qat_model(inp, training=False))
 
 
+@mobileone_export("mobileone_tf.quantization")
 def qat_flatbuffer(qat_model, int8_io="float"):
     """The full-integer int8 TFLite flatbuffer (bytes) of a QAT ``tf_keras``
     model, batch size 1. The converter takes the activation ranges from the
@@ -79,6 +82,7 @@ def qat_flatbuffer(qat_model, int8_io="float"):
     return flatbuffer
 
 
+@mobileone_export("mobileone_tf.quantization")
 def quantization_aware_training(model, train_data, options=None, **keywords):
     """Fused Keras 3 MobileOne -> QAT by distillation: the QAT model.
 
@@ -157,6 +161,7 @@ def quantization_aware_training(model, train_data, options=None, **keywords):
     return qat_model, report
 
 
+@mobileone_export("mobileone_tf.quantization")
 def correct_qat_biases(qat_model, model, images):
     """Bias correction of a (fine-tuned) QAT model before its int8 export.
 
@@ -206,6 +211,7 @@ def _kernel_and_bias(layer):
     return named.get("depthwise_kernel", named.get("kernel")), named["bias"]
 
 
+@mobileone_export("mobileone_tf.quantization")
 def skipped_report(skipped):
     """``{"skipped_images": [...], "skipped": one line}`` of the undecodable
     training files left out (``""`` when none)."""
@@ -213,6 +219,7 @@ def skipped_report(skipped):
     return {"skipped_images": list(skipped), "skipped": data.describe_skipped(skipped)}
 
 
+@mobileone_export("mobileone_tf.quantization")
 def qat_inputs(variant, weights, train_data, options=None, **keywords):
     """What :func:`quantization_aware_training` of ``MobileOne(variant,
     weights)`` starts from: ``(model, dataset, skipped)``.
@@ -254,6 +261,7 @@ def qat_inputs(variant, weights, train_data, options=None, **keywords):
     return model, dataset, skipped
 
 
+@mobileone_export("mobileone_tf.quantization")
 def qat_from_weights(variant, weights, train_data, options=None, **keywords):
     """:func:`quantization_aware_training` of ``MobileOne(variant, weights)``
     (:func:`qat_inputs`); returns ``(qat_model, model, report)``: the QAT

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.quantization.checks import fused_mobileone
 
 PREPROCESSING = "preprocessing"
@@ -25,6 +26,7 @@ QAT_EXTRA = "qat"
 """The extra that installs TFMOT and tf_keras (``pip install 'mobileone_tf[qat]'``)."""
 
 
+@mobileone_export("mobileone_tf.quantization")
 class MissingExtraError(ValueError):
     """An optional dependency is not installed; the message names the extra."""
 
@@ -41,6 +43,7 @@ def check_qat_dependencies():
             f"pip install 'mobileone_tf[{QAT_EXTRA}]' (TFMOT caps absl-py below 2)")
 
 
+@mobileone_export("mobileone_tf.quantization")
 def load_tfmot():
     """Imports ``tf_keras`` and TFMOT, restoring ``TF_USE_LEGACY_KERAS``.
 
@@ -63,6 +66,7 @@ def load_tfmot():
     return tf_keras, tfmot
 
 
+@mobileone_export("mobileone_tf.quantization")
 def to_tf_keras(model, input_size=None):
     """Rebuilds a fused Keras 3 MobileOne as a ``tf_keras`` model with its weights.
 
@@ -167,6 +171,7 @@ def _output_quantize_config(tfmot):
     return OutputQuantizeConfig
 
 
+@mobileone_export("mobileone_tf.quantization")
 def quantize(tf_keras_model):
     """Wraps a fused ``tf_keras`` MobileOne for QAT (fake-quant, 8-bit default scheme).
 

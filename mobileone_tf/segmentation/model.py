@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import keras
 
+from mobileone_tf.api_export import mobileone_export
+
+mobileone_export("mobileone_tf.segmentation")("STRIDE")
 STRIDE = 32
 """The head upsamples ``P5`` x8 onto ``P2`` and x4 to the input: H and W
 must be multiples of 32 for the maps to line up."""
 
+mobileone_export("mobileone_tf.segmentation")("BACKBONES")
 BACKBONES = ("mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3",
              "mobileone_s4", "mobilenetv3large")
 
@@ -77,6 +81,7 @@ def build_encoder(backbone, image_shape, weights=None, fused=False, freeze_stage
                                    builder_kwargs={"include_preprocessing": True})
 
 
+@mobileone_export("mobileone_tf.segmentation")
 def build_segmenter(backbone="mobileone_s0", num_classes=11, image_size=(384, 480), *,
                     weights=None, fused=False, freeze_stages=0, norm_eval=False,
                     dilation_rates=(6, 12, 18)):
@@ -107,6 +112,7 @@ def build_segmenter(backbone="mobileone_s0", num_classes=11, image_size=(384, 48
                                                     num_classes=int(num_classes))
 
 
+@mobileone_export("mobileone_tf.segmentation")
 def deploy_model(segmenter, image_size, output="logits", name=None):
     """A functional model for export: pads the image (bottom/right, zeros)
     to the next multiple of 32, runs ``segmenter`` (a model built for that

@@ -9,6 +9,7 @@ import time
 import keras
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training import rundir
 
 logger = logging.getLogger("mobileone_tf.training")
@@ -108,6 +109,7 @@ def has_tensorboard() -> bool:
         return False
 
 
+@mobileone_export("mobileone_tf.training")
 def make_callbacks(output_dir, *, batch_size, ema, monitor, best_so_far=None,
                    skipped=(), total_images=None, extra=()):
     """The callbacks of :func:`mobileone_tf.training.train`, in working order.

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 
 # Augmentation magnitude (0..1, RandAugment factor) per resizing stage.
 # MobileOne uses none for S0 and rising RandAugment-style strength for S1-S4.
@@ -48,6 +49,7 @@ def _opt(default, help, **meta):
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
+@mobileone_export("mobileone_tf.training")
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a run; defaults = the paper's ImageNet recipe."""
@@ -181,6 +183,7 @@ def flag_fields():
             if f.metadata.get("flag", f.name) is not None]
 
 
+@mobileone_export("mobileone_tf.training")
 def define_flags(flag_values=None):
     """Defines one absl flag per :class:`TrainConfig` field (its name unless
     the field's metadata gives another, its default and help): integers,
@@ -203,6 +206,7 @@ def define_flags(flag_values=None):
             define(name, default, helptext, flag_values=fv)
 
 
+@mobileone_export("mobileone_tf.training")
 def from_flags(flag_values=None, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of parsed flags (see :func:`define_flags`).
 

@@ -3,9 +3,11 @@
 import keras
 import tensorflow as tf
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training.config import STRATEGIES
 
 
+@mobileone_export("mobileone_tf.training")
 def make_strategy(name: str = "default", tpu: str = ""):
     """``tf.distribute`` strategy by name: default|mirrored|multi_worker|tpu
     (``tpu``: the TPU address for ``TPUClusterResolver``; "" = local/env).
@@ -27,6 +29,7 @@ def make_strategy(name: str = "default", tpu: str = ""):
     raise ValueError(f"Unknown strategy {name!r}: use {', '.join(STRATEGIES)}.")
 
 
+@mobileone_export("mobileone_tf.training")
 def set_precision(mixed: bool, strategy_name: str = "default") -> str:
     """Sets and returns the global Keras dtype policy: ``mixed_float16`` on
     GPU, ``mixed_bfloat16`` on TPU/CPU, ``float32`` when not ``mixed``. The

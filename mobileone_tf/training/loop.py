@@ -19,6 +19,7 @@ import numpy as np
 
 from mobileone_tf import fileio
 from mobileone_tf import models as mo_models
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training import callbacks as cb
 from mobileone_tf.training import multiworker, rundir
 from mobileone_tf.training.config import TrainConfig
@@ -35,6 +36,7 @@ def one_hot(classes):
     return lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes))
 
 
+@mobileone_export("mobileone_tf.training")
 def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
           output_dir, steps_per_epoch: int, extra_callbacks=(), strategy=None, *,
           overwrite=False, resume=False, skipped=(), total_images=None, build_fn=None):
@@ -204,6 +206,7 @@ def _restore_backup(model, optimizer, output_dir):
         optimizer.finalize_variable_values(model.trainable_variables)
 
 
+@mobileone_export("mobileone_tf.training")
 def finish(model, config, output_dir, val_ds, ips, elapsed, resumed_at=None, skipped=(),
            total_images=None, *, fit_model=None, write=True):
     """Fuses the trained (EMA) model and writes ``fused.keras``,

@@ -20,6 +20,7 @@ import numpy as np
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import models as mo_models
 from mobileone_tf import state_keys as sk
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training.config import TrainConfig
 
 
@@ -80,6 +81,7 @@ def check_weights(config: TrainConfig, classes: int):
     return state
 
 
+@mobileone_export("mobileone_tf.training")
 def build_model(config: TrainConfig, classes: int, input_size=None):
     """The model to train (branched unless ``config.fused``), softmax head
     with ``classes`` outputs, initialised from ``config.weights``; its

@@ -46,6 +46,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training import rundir
 
 
@@ -61,6 +62,7 @@ class WorkerRole:
     is_chief: bool
 
 
+@mobileone_export("mobileone_tf.training")
 def worker_role(strategy) -> WorkerRole:
     """The :class:`WorkerRole` of this process under ``strategy`` (a single
     process, chief, for every strategy without a cluster resolver)."""

@@ -16,9 +16,11 @@ import math
 import keras
 import tensorflow as tf
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training.config import TrainConfig
 
 
+@mobileone_export("mobileone_tf.training")
 @keras.saving.register_keras_serializable("mobileone_tf")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up then cosine decay, per optimizer step.
@@ -61,6 +63,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_start_factor": self.warmup_start_factor, "min_lr": self.min_lr}
 
 
+@mobileone_export("mobileone_tf.training")
 @keras.saving.register_keras_serializable("mobileone_tf")
 class CosineWeightDecay(WarmupCosine):
     """Weight decay annealed by a cosine from ``base`` to ``min_value`` over
@@ -75,6 +78,7 @@ class CosineWeightDecay(WarmupCosine):
                 "min_value": self.min_lr}
 
 
+@mobileone_export("mobileone_tf.training")
 @keras.saving.register_keras_serializable("mobileone_tf")
 class SGDCoupledL2(keras.optimizers.SGD):
     """``keras.optimizers.SGD`` with PyTorch-style *coupled* L2 weight decay.
@@ -148,6 +152,7 @@ def no_decay_variables(model):
     return out
 
 
+@mobileone_export("mobileone_tf.training")
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, model=None):
     """The run's optimizer: :class:`SGDCoupledL2` with :class:`WarmupCosine`
     lr (scaled by ``batch_size / lr_reference_batch``), :class:`CosineWeightDecay`

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 
 from mobileone_tf import fileio
+from mobileone_tf.api_export import mobileone_export
 
 SUMMARY = "summary.json"
 LOG = "log.csv"
@@ -61,6 +62,7 @@ def backup_epoch(output_dir) -> int:
                          "to start the run over") from None
 
 
+@mobileone_export("mobileone_tf.training")
 def check_output_dir(output_dir, overwrite=False, resume=False) -> str:
     """Decides what a new run may do with ``output_dir``; changes nothing.
 
@@ -98,6 +100,7 @@ def check_output_dir(output_dir, overwrite=False, resume=False) -> str:
         "start over")
 
 
+@mobileone_export("mobileone_tf.training")
 def clear_run(output_dir):
     """Removes the run files (:data:`RUN_FILES`) of ``output_dir``, nothing else.
 

@@ -11,6 +11,7 @@ import os
 import tensorflow as tf
 
 from mobileone_tf import data as mo_data
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training import multiworker, rundir
 from mobileone_tf.training.config import TrainConfig
 from mobileone_tf.training.distribute import make_strategy, set_precision
@@ -87,6 +88,7 @@ def folder_dataset(data_dir, batch_size, image_size, training, magnitude=0.0,
                                 crop_pct=crop_pct)
 
 
+@mobileone_export("mobileone_tf.training")
 def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
         label_offset=0, *, overwrite=False, resume=False):
     """Command-line entry: ImageFolder dirs or TFRecord shards -> :func:`train`.
@@ -171,6 +173,7 @@ def run(config: TrainConfig, train_dir, val_dir, output_dir, extra_callbacks=(),
     return summary
 
 
+@mobileone_export("mobileone_tf.training")
 def report(summary) -> dict:
     """The JSON-ready part of a summary (without the models and the config)."""
     return {k: v for k, v in summary.items() if k not in ("model", "fused_model", "config")}

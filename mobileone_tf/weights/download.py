@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 
+from mobileone_tf.api_export import mobileone_export
+
+mobileone_export("mobileone_tf.weights")("ENV_MIRROR")
 ENV_MIRROR = "MOBILEONE_TF_CHECKPOINTS"
 CACHE_SUBDIR = os.path.join("models", "mobileone_tf")
 
@@ -52,6 +55,7 @@ def file_hash(path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+@mobileone_export("mobileone_tf.weights")
 def sha256sum(path) -> str:
     """sha256 hex digest of a file."""
     return file_hash(path, "sha256")

@@ -18,12 +18,15 @@ import os
 import numpy as np
 
 from mobileone_tf import fileio, variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights.layouts import PortResult, check_state, port_checkpoint
 
+mobileone_export("mobileone_tf.weights")("H5_FORMAT")
 H5_FORMAT = "mobileone_tf.weights/1"
 SUFFIX = ".weights.h5"
 
 
+@mobileone_export("mobileone_tf.weights")
 def write_weights_h5(state: dict, path, variant, form: str, source: str = "",
                      overwrite: bool = False) -> str:
     """Writes a state to ``path`` in mobileone_tf's h5 layout (module doc).
@@ -62,6 +65,7 @@ def write_weights_h5(state: dict, path, variant, form: str, source: str = "",
     return fileio.atomic_write(path, buffer.getvalue(), overwrite=overwrite)
 
 
+@mobileone_export("mobileone_tf.weights")
 def read_weights_h5(path, with_attrs: bool = False):
     """Reads a file written by :func:`write_weights_h5`.
 
@@ -96,6 +100,7 @@ def read_weights_h5(path, with_attrs: bool = False):
     return (state, attrs) if with_attrs else state
 
 
+@mobileone_export("mobileone_tf.weights")
 def port_to_h5(checkpoint, output, variant=None, overwrite: bool = False) -> PortResult:
     """Ports a PyTorch checkpoint (:func:`port_checkpoint`) into ``output``.
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights.torch_reader import read_checkpoint
 
 _BN_TORCH = dict(zip(("weight", "bias", "running_mean", "running_var"), sk.BN_KEYS))
@@ -211,6 +212,7 @@ def _format(missing, unexpected, wrong, limit=12):
             + (f"\n  wrong shapes: {cut(wrong)}" if wrong else ""))
 
 
+@mobileone_export("mobileone_tf.weights")
 @dataclasses.dataclass
 class PortResult:
     """Result of :func:`port_checkpoint`.
@@ -286,6 +288,7 @@ def convert_state_dict(torch_state: dict, variant=None, where="checkpoint") -> P
     return PortResult(state, v, form, layout, classes)
 
 
+@mobileone_export("mobileone_tf.weights")
 def port_checkpoint(path, variant=None) -> PortResult:
     """Reads and converts a PyTorch MobileOne checkpoint.
 
@@ -331,6 +334,7 @@ def check_state(state: dict, variant, form: str) -> int | None:
     return classes
 
 
+@mobileone_export("mobileone_tf.weights")
 def count_params(state: dict) -> int:
     """Number of weights in a state (BatchNorm moving statistics excluded)."""
     return int(sum(np.size(v) for k, v in state.items() if not sk.is_moving_statistic(k)))

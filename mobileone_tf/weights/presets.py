@@ -49,7 +49,9 @@ import os
 import re
 
 from mobileone_tf import fileio, variants
+from mobileone_tf.api_export import mobileone_export
 
+mobileone_export("mobileone_tf.weights")("BASE_URL")
 BASE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
 """Where Apple serves the checkpoints (ml-mobileone README, "Model Zoo")."""
 
@@ -68,6 +70,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """Per-channel RGB standard deviation of images scaled to 0..1 (ImageNet)."""
 
+mobileone_export("mobileone_tf.weights")("ENV_SHA256")
 ENV_SHA256 = "MOBILEONE_TF_SHA256"
 """Environment variable with user-supplied sha256 of files the table does
 not know: ``FILE=HEX`` entries separated by commas or whitespace."""
@@ -79,6 +82,7 @@ FORMS = ("fused", "branched")
 MANIFEST_FORMAT = "mobileone_tf.manifest/2"
 
 
+@mobileone_export("mobileone_tf.weights")
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """One released checkpoint and how to evaluate it.
@@ -132,6 +136,7 @@ class Preset:
         return out
 
 
+@mobileone_export("mobileone_tf.weights")
 def preset_name(variant, form="fused") -> str:
     """``"mobileone_s0_imagenet"`` (fused) / ``"mobileone_s0_unfused_imagenet"``.
 
@@ -152,10 +157,12 @@ def _row(variant, form) -> Preset:
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, top1=variants.VARIANTS[variant].top1)
 
 
+mobileone_export("mobileone_tf.weights")("PRESETS")
 PRESETS = {p.name: p for p in (_row(v, f) for v in variants.VARIANTS for f in FORMS)}
 """``{name: Preset}``: S0 fused, S0 unfused, S1 fused, ... S4 unfused."""
 
 
+@mobileone_export("mobileone_tf.weights")
 def get_preset(name) -> Preset:
     """The :class:`Preset` named ``name``.
 
@@ -195,6 +202,7 @@ def user_sha256() -> dict:
     return out
 
 
+@mobileone_export("mobileone_tf.weights")
 def sha256_for(preset) -> str | None:
     """The sha256 to check a preset's file against: the table's, else the
     user's (:data:`ENV_SHA256`), else ``None`` (not checked).

@@ -39,11 +39,13 @@ import os
 import sys
 
 from mobileone_tf import variants
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights import download
 from mobileone_tf.weights.h5 import read_weights_h5, write_weights_h5
 from mobileone_tf.weights.layouts import check_state, port_checkpoint
 from mobileone_tf.weights.presets import PRESETS, find_preset, get_preset, sha256_for
 
+mobileone_export("mobileone_tf.weights")("CHECKPOINTS")
 CHECKPOINTS = [p.as_dict() for p in PRESETS.values()]
 """Apple's official ImageNet-1k checkpoints, the rows of
 :data:`mobileone_tf.weights.presets.PRESETS` as dicts: ``name`` (the preset),
@@ -111,6 +113,7 @@ def _discard(path, problem, what="cached port") -> str:
     return f"The {what} {path} was unusable ({problem}) and has been deleted (a cache)"
 
 
+@mobileone_export("mobileone_tf.weights")
 def imagenet_weights_path(variant, fused: bool = False) -> str:
     """Path of the ported ImageNet ``.weights.h5`` for a variant (see module doc).
 
@@ -136,6 +139,7 @@ def imagenet_weights_path(variant, fused: bool = False) -> str:
     return _resolve(_candidates(v, fused), f"ImageNet weights for MobileOne-{v.upper()}")
 
 
+@mobileone_export("mobileone_tf.weights")
 def preset_weights_path(name) -> str:
     """Path of the ported ``.weights.h5`` of exactly one preset's checkpoint
     (no fallback to the other form), resolved as :func:`imagenet_weights_path`

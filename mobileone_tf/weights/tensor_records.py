@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
+
 STORAGE_TYPES = {  # torch storage class -> (numpy dtype, itemsize in the file)
     "FloatStorage": ("float32", 4), "DoubleStorage": ("float64", 8),
     "HalfStorage": ("float16", 2), "BFloat16Storage": ("bfloat16", 2),
@@ -43,6 +45,7 @@ MAX_BROADCAST_ELEMENTS = 1 << 24
 SLACK_BYTES = 64 << 20
 
 
+@mobileone_export("mobileone_tf.weights")
 class CheckpointError(ValueError):
     """A file that is not a readable checkpoint: empty, not a zip archive or
     a pickle, corrupt, refused (a pickle global that is not a tensor), or a

@@ -35,6 +35,7 @@ import zipfile
 
 import numpy as np
 
+from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights.tensor_records import (STORAGE_TYPES, CheckpointError, Materializer,
                                                  StorageRef, StorageType, TensorRecord, short)
 
@@ -343,6 +344,7 @@ def _describe_start(head: bytes) -> str:
     return f"{kind} starting with {short(text[:24])}"
 
 
+@mobileone_export("mobileone_tf.weights")
 def read_checkpoint(path) -> dict:
     """Reads a checkpoint file into a flat ``{torch key: np.ndarray}`` dict.
 
