@@ -12,10 +12,7 @@ import keras
 import mobileone_tf as mo
 from mobileone_tf import export, runtime
 from mobileone_tf import quantization as q
-<<<<<<< HEAD
-=======
 from mobileone_tf.quantization.distillation import mix_images
->>>>>>> i24-api
 from tests.conftest import ROOT
 
 SIZE = 64
