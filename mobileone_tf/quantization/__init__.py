@@ -61,6 +61,7 @@ _EXPORTS = {
     "quantization_aware_training": ".qat",
     "skipped_report": ".qat",
     "MissingExtraError": ".tfkeras",
+    "check_qat_dependencies": ".tfkeras",
     "load_tfmot": ".tfkeras",
     "quantize": ".tfkeras",
     "to_tf_keras": ".tfkeras",

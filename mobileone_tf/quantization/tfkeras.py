@@ -31,6 +31,7 @@ class MissingExtraError(ValueError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+@mobileone_export("mobileone_tf.quantization")
 def check_qat_dependencies():
     """Raises :class:`MissingExtraError` (one line naming the ``qat`` extra)
     when TFMOT or ``tf_keras`` is not installed; imports neither."""
