@@ -52,6 +52,7 @@ def _tensor(meta, kind):
 def test_fields_read_back(folder, float_export):
     path, report, names, tmp = float_export
     assert report["verification"]["passed"]  # LiteRT on the file with metadata == Keras
+    assert b"TFLITE_METADATA" in open(path, "rb").read()  # the metadata buffer's name
     read = metadata.read_tflite_metadata(path, folder)
     meta = read["metadata"]
     assert meta["name"] == "MobileOne-S0"
@@ -164,13 +165,27 @@ def test_failures_leave_nothing(tiny, tmp_path, monkeypatch):
         export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32)
     assert not list(out.iterdir())
     monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "empty"))
-    with pytest.raises(export.ExportError) as e:
-        export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32)
+    with pytest.raises(export.ExportError) as e:  # --metadata: required
+        export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32, metadata=True)
     message = str(e.value)
     assert "\n" not in message and "--nometadata" in message, message
     assert "python -m mobileone_tf.export.mediapipe_install" in message, message
     assert "offline" in message and metadata.ENV_DIR in message, message
     assert not list(out.iterdir()) and not (tmp_path / "empty").exists()
+
+
+def test_default_without_writer_exports_and_says_so(tiny, tmp_path, monkeypatch):
+    """The default (``metadata=None``, convert.py without --metadata/--nometadata)
+    where MediaPipe's writer is not installed: the file is exported and
+    verified without metadata, the report and its printed form say why and how
+    to add it, and nothing is installed."""
+    monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "empty"))
+    path, report = export.to_tflite(tiny, str(tmp_path / "m.tflite"), fuse=False, input_size=32)
+    assert report["metadata"].startswith("skipped: MediaPipe's TFLite metadata writer is not")
+    assert "python -m mobileone_tf.export.mediapipe_install" in export.format_report(report)
+    assert report["verification"]["passed"] is True
+    assert b"TFLITE_METADATA" not in open(path, "rb").read()
+    assert not (tmp_path / "empty").exists()
 
 
 def test_install_command_offline(tmp_path):

@@ -264,7 +264,9 @@ def format_report(report):
     if report.get("labels"):
         lines.append(f"  labels: {report['labels']} ({report.get('labels_source')})")
     m = report.get("metadata")
-    if m:
+    if isinstance(m, str):  # skipped, and why
+        lines.append(f"  metadata: {m}")
+    elif m:
         lines.append(f"  metadata: {m['name']} {m['version']}, normalization mean {m['mean']} "
                      f"std {m['std']}, labels {m['labels']} (MediaPipe / Android Studio)")
     return "\n".join(lines)

@@ -91,6 +91,20 @@ def _hint() -> str:
             "metadata with --nometadata (metadata=False)")
 
 
+NOT_INSTALLED = ("skipped: MediaPipe's TFLite metadata writer is not installed (install it once "
+                 "with `python -m mobileone_tf.export.mediapipe_install` and export again, or "
+                 "pass --metadata to make it required)")
+"""``report["metadata"]`` of a file exported with ``metadata=None`` (the
+default) where the writer is not installed."""
+
+
+def wanted(metadata) -> bool:
+    """Whether to write TFLite metadata: ``metadata`` when it is True/False;
+    for ``None`` (the default: "when available"), whether MediaPipe's
+    writer is installed in :func:`mediapipe_folder`."""
+    return installed(mediapipe_folder()) if metadata is None else bool(metadata)
+
+
 def mediapipe_dir() -> str:
     """The folder that holds ``mediapipe`` for the worker (:func:`mediapipe_folder`).
     Nothing is installed here: that is :func:`install_mediapipe`, on request.

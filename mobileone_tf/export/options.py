@@ -145,8 +145,11 @@ class ExportOptions:
                           "bool")
     verify_data: Any = option(None, "Image folder for verification (default: 8 generated "
                               "images; Python: also a float32 array).", "string")
-    metadata: bool = option(True, "tflite: pack TFLite metadata for MediaPipe / Android "
-                            "Studio (--nometadata skips it; works offline).", "bool")
+    metadata: Optional[bool] = option(
+        None, "tflite: pack TFLite metadata for MediaPipe / Android Studio. Default: when "
+        "MediaPipe's writer is installed (python -m mobileone_tf.export.mediapipe_install), "
+        "else skipped with a note in the report; --metadata: required (an error without the "
+        "writer); --nometadata: never.", "bool")
     overwrite: bool = option(False, "Replace an existing output.", "bool")
     report_path: Optional[str] = option(None, "Write the report as JSON to this path.",
                                         "string", flag="report")

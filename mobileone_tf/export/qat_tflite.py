@@ -24,7 +24,7 @@ import dataclasses
 from mobileone_tf import quantization
 from mobileone_tf.export.common import staging
 from mobileone_tf.export.job import check_classes, check_export, start
-from mobileone_tf.export.metadata import mediapipe_dir
+from mobileone_tf.export.metadata import mediapipe_dir, wanted
 from mobileone_tf.export.options import export_options
 from mobileone_tf.export.tflite import write_tflite
 from mobileone_tf.api_export import mobileone_export
@@ -51,7 +51,7 @@ def _file_options(options, input_size):
 
 def _check(output, options):
     output = check_export("tflite", output, options, calibrated=False)
-    if options.metadata:
+    if wanted(options.metadata):
         mediapipe_dir()  # installed (or a clear error) before any training
     return output
 

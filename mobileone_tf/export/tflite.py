@@ -19,7 +19,8 @@ from mobileone_tf.export import selective
 from mobileone_tf.export.common import INPUT_NAME, ExportError, staging
 from mobileone_tf.export.images import check_image_source, describe, sample_images
 from mobileone_tf.export.job import check_classes, check_export, start
-from mobileone_tf.export.metadata import add_tflite_metadata, mediapipe_dir
+from mobileone_tf.export.metadata import (NOT_INSTALLED, add_tflite_metadata, mediapipe_dir,
+                                          wanted)
 from mobileone_tf.export.options import CALIBRATED, export_options
 from mobileone_tf.export.saved_model import write_saved_model
 
@@ -46,7 +47,7 @@ def check_metadata(model, options):
     """Finds MediaPipe's metadata writer (or raises the clear error naming
     its install command) before
     any conversion work, when ``options.metadata`` and the model has one output."""
-    if options.metadata and not isinstance(model.output, dict):
+    if wanted(options.metadata) and not isinstance(model.output, dict):
         mediapipe_dir()
 
 
@@ -166,10 +167,13 @@ def write_tflite(job, flatbuffer, tmp, options, float_layers=()):
     with open(staged, "wb") as f:
         f.write(flatbuffer)
     inputs, outputs = runtime.tflite_io(staged)
-    if options.metadata and isinstance(job.fixed.output, dict):
+    metadata = wanted(options.metadata)
+    if metadata and isinstance(job.fixed.output, dict):
         job.report["metadata"] = ("skipped: MediaPipe's metadata writers describe one "
                                   f"output; this model has {len(outputs)}")
-    elif options.metadata:
+    elif options.metadata is None and not metadata:
+        job.report["metadata"] = NOT_INSTALLED
+    elif metadata:
         job.report["metadata"] = add_tflite_metadata(staged, job.fixed, job.labels,
                                                      inputs, outputs)
     job.converted(ops=runtime.tflite_ops(staged), inputs=inputs, outputs=outputs)
@@ -256,7 +260,10 @@ def to_tflite(model, output, options=None, *, class_names=None, **keywords):
     * ``metadata``: pack TFLite metadata into the file (name, version,
       licence, input normalization, RGB, labels: :mod:`.metadata`; needs
       MediaPipe's writer, installed once with
-      ``python -m mobileone_tf.export.mediapipe_install``); ``False`` skips it.
+      ``python -m mobileone_tf.export.mediapipe_install``); ``None`` (the
+      default): when that writer is installed, else skipped with
+      ``report["metadata"]`` saying so; ``True``: required (ExportError
+      without it); ``False``: never.
 
     Returns:
         ``(path, report)``; the report has ``ops`` (builtin op counts),
