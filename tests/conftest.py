@@ -146,3 +146,19 @@ def _metadata_writer_for_tflite_modules(request):
     path = getattr(request.module, "__file__", None)
     if path and "tflite" in pathlib.Path(path).read_text(errors="ignore"):
         request.getfixturevalue("metadata_writer")
+
+
+# Test files measured (2026-12-05, 2 workers) to take a minute or more, longest
+# first. `-n 2 --dist loadfile` hands whole files to the workers in collection
+# order, so running these first keeps one worker from finishing a long file
+# alone at the end (longest-processing-time-first scheduling). Only the order
+# changes: every test still runs.
+LONG_FILES = ("test_scripts.py", "test_hub.py", "test_training.py", "test_segmentation.py",
+              "test_quantization.py", "test_qat_data.py", "test_hardening_segmentation.py",
+              "test_export.py", "test_multiworker.py", "test_real_data.py",
+              "test_hardening_convert.py", "test_features.py", "test_export_speed.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items[:] = sorted(items, key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
