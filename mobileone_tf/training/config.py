@@ -27,11 +27,10 @@ This module imports neither TensorFlow nor Keras.
 """
 
 import dataclasses
-import typing
 from collections.abc import Sequence
 from typing import Optional
 
-from mobileone_tf import variants
+from mobileone_tf import cli, dataflags, variants
 from mobileone_tf.api_export import mobileone_export
 
 # Augmentation magnitude (0..1, RandAugment factor) per resizing stage.
@@ -86,7 +85,7 @@ class TrainConfig:
     # model / fine-tuning
     weights: Optional[str] = _opt(None, "Weights to start from: 'imagenet', a .weights.h5 or a "
                                   "PyTorch checkpoint path (library: also a state dict); "
-                                  "none: random initialization.")
+                                  "none: random initialization.", convert=cli.weights_arg)
     classes: Optional[int] = _opt(None, "Number of classes (a new head); default: from the data.")
     fused: bool = _opt(False, "Train the fused (plain conv) model instead of the branched one.")
     freeze_backbone_epochs: int = _opt(0, "Train only the head for this many epochs.")
@@ -164,46 +163,15 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------
-# Command-line flags generated from the fields
+# Command-line flags generated from the fields (mobileone_tf.dataflags)
 # ---------------------------------------------------------------------------
-def _field_kind(field):
-    """``(kind, element type)``: kind is ``"list"`` or ``"scalar"``."""
-    hints = typing.get_type_hints(TrainConfig)
-    t = hints[field.name]
-    if typing.get_origin(t) is typing.Union:
-        t = next(a for a in typing.get_args(t) if a is not type(None))
-    if typing.get_origin(t) in (Sequence, tuple, list):
-        return "list", typing.get_args(t)[0]
-    return "scalar", t
-
-
-def flag_fields():
-    """``[(flag name, field), ...]`` of the fields that are flags."""
-    return [(f.metadata.get("flag", f.name), f) for f in dataclasses.fields(TrainConfig)
-            if f.metadata.get("flag", f.name) is not None]
-
-
 @mobileone_export("mobileone_tf.training")
 def define_flags(flag_values=None):
     """Defines one absl flag per :class:`TrainConfig` field (its name unless
     the field's metadata gives another, its default and help): integers,
     floats, booleans, strings (enums where the field lists ``choices``), and
-    comma-separated lists for sequences."""
-    from absl import flags
-    fv = flags.FLAGS if flag_values is None else flag_values
-    for name, f in flag_fields():
-        kind, t = _field_kind(f)
-        helptext, default = f.metadata["help"], f.default
-        if kind == "list":
-            flags.DEFINE_list(name, None if default is None else [str(v) for v in default],
-                              helptext, flag_values=fv)
-        elif f.metadata.get("choices"):
-            flags.DEFINE_enum(name, default, list(f.metadata["choices"]), helptext,
-                              flag_values=fv)
-        else:
-            define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-                      float: flags.DEFINE_float, str: flags.DEFINE_string}[t]
-            define(name, default, helptext, flag_values=fv)
+    comma-separated lists for sequences (:func:`mobileone_tf.dataflags.define_flags`)."""
+    dataflags.define_flags(TrainConfig, flag_values=flag_values)
 
 
 @mobileone_export("mobileone_tf.training")
@@ -213,23 +181,4 @@ def from_flags(flag_values=None, **overrides) -> TrainConfig:
     Raises:
         ValueError: a list flag with a value of the wrong type (names the flag).
     """
-    from absl import flags
-    from mobileone_tf import cli
-    fv = flags.FLAGS if flag_values is None else flag_values
-    values = {}
-    for name, f in flag_fields():
-        value = fv[name].value
-        kind, t = _field_kind(f)
-        if kind == "list" and value is not None:
-            try:
-                value = tuple(t(v) for v in value)
-            except ValueError:
-                raise ValueError(f"--{name}: expected comma-separated {t.__name__} "
-                                 f"values, got {','.join(value)!r}") from None
-        if f.name == "weights":
-            value = cli.weights_arg(value)
-        elif kind == "list" and not value:
-            value = None if f.default is None else ()
-        values[f.name] = value
-    values.update(overrides)
-    return TrainConfig(**values)
+    return dataflags.from_flags(TrainConfig, flag_values=flag_values, **overrides)
