@@ -162,3 +162,21 @@ LONG_FILES = ("test_scripts.py", "test_hub.py", "test_training.py", "test_segmen
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items[:] = sorted(items, key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
+@pytest.fixture
+def offline_keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache (``$KERAS_HOME``), no checkpoint mirror, no
+    user sha256s and no network: a download attempt fails at once."""
+    from mobileone_tf import weights
+    from mobileone_tf.weights import download
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
+    monkeypatch.delenv(weights.ENV_SHA256, raising=False)
+
+    def offline(name, url, *args, **kwargs):
+        raise OSError(f"URL fetch failure on {url} (offline test)")
+    monkeypatch.setattr(download, "download_file", offline)
+    return home

@@ -17,7 +17,6 @@ keras_hub = import_or_missing("keras_hub", extra="hub")
 
 from mobileone_tf import data, weights  # noqa: E402
 from mobileone_tf import hub  # noqa: E402
-from mobileone_tf.weights import download  # noqa: E402
 
 NAMES = {f"mobileone_s{i}{tag}_imagenet" for i in range(5) for tag in ("", "_unfused")}
 # timm features_only for mobileone_s0 at 224x224: (stride, channels) of P1..P5
@@ -26,17 +25,9 @@ N_IMAGES = 50
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    """Empty Keras cache, no network (a download attempt fails at once)."""
-    keras_home = tmp_path / "keras_home"
-    keras_home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
-
-    def offline(name, url, *args, **kwargs):
-        raise OSError(f"URL fetch failure on {url} (offline test)")
-    monkeypatch.setattr(download, "download_file", offline)
-    return keras_home
+def home(offline_keras_home):
+    """Empty Keras cache, no mirror, no network (``offline_keras_home``)."""
+    return offline_keras_home
 
 
 def _real_images(shared, n):

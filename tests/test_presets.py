@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mobileone_tf import weights
-from mobileone_tf.weights import download, presets
+from mobileone_tf.weights import presets
 from tests.conftest import ROOT, require_shared
 
 # MobileOne paper (Vasu et al., CVPR 2023), ImageNet-1k top-1 (%), and the
@@ -89,17 +89,9 @@ def test_in_model_normalization_is_the_tables():
 
 
 @pytest.fixture
-def offline_home(tmp_path, monkeypatch):
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
-    monkeypatch.delenv(presets.ENV_SHA256, raising=False)
-
-    def offline(name, url, *args, **kwargs):
-        raise OSError(f"URL fetch failure on {url} (offline test)")
-    monkeypatch.setattr(download, "download_file", offline)
-    return home
+def offline_home(offline_keras_home):
+    """Empty Keras cache, no mirror, no network (``offline_keras_home``)."""
+    return offline_keras_home
 
 
 def test_user_supplied_sha256_is_checked(offline_home, tmp_path, monkeypatch):

@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 
 from mobileone_tf import models, weights
-from mobileone_tf.weights import download
 from tests.conftest import require_shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def fresh_home(tmp_path, monkeypatch):
-    """Empty Keras cache, no mirror, no network."""
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
-
-    def offline(name, url, *args, **kwargs):
-        raise OSError(f"URL fetch failure on {url} (offline test)")
-    monkeypatch.setattr(download, "download_file", offline)
-    return home
+def fresh_home(offline_keras_home):
+    """Empty Keras cache, no mirror, no network (``offline_keras_home``)."""
+    return offline_keras_home
 
 
 def _umask_mode():
