@@ -19,12 +19,12 @@ the chief writes into it); --sync_batchnorm for small per-replica batches.
 
 from absl import flags
 
-from mobileone_tf import cli
+from mobileone_tf import cli, dataflags
 from mobileone_tf.training import config
 
 FLAGS = flags.FLAGS
 config.define_flags()
-flags.adopt_module_key_flags(config)  # --help lists them
+flags.adopt_module_key_flags(dataflags)  # --help lists them
 flags.DEFINE_string("train_data", None, "ImageFolder training directory, or TFRecord shards "
                     "(file or glob; needs --classes).", required=True)
 flags.DEFINE_string("val_data", None, "ImageFolder validation directory (same classes), or "
