@@ -119,13 +119,13 @@ def test_manifest_urls_and_hashes_are_apples():
     """checkpoints/manifest.json and the code's table give Apple's URLs and
     only published hashes (an unpublished hash would refuse Apple's file)."""
     with open(os.path.join(ROOT, "checkpoints", "manifest.json")) as f:
-        manifest = json.load(f)
-    assert manifest["presets"] == weights.CHECKPOINTS
-    for table in (manifest["presets"], weights.CHECKPOINTS):
-        assert {(e["variant"], e["form"]): e["url"] for e in table} == APPLE_URLS
-        assert {(e["variant"], e["form"]): e["sha256"] for e in table
+        manifest = json.load(f)["presets"]
+    table = [vars(p) for p in weights.PRESETS.values()]
+    for rows in (manifest, table):
+        assert {(e["variant"], e["form"]): e["url"] for e in rows} == APPLE_URLS
+        assert {(e["variant"], e["form"]): e["sha256"] for e in rows
                 if e["sha256"]} == PUBLISHED_SHA256
-        assert all(e["url"].endswith("/" + e["file"]) for e in table)
+        assert all(e["url"].endswith("/" + e["file"]) for e in rows)
 
 
 def test_published_s0_hash_is_the_shared_file(shared_data):

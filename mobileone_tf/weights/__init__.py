@@ -14,8 +14,7 @@
   Apple checkpoint: :data:`PRESETS`, :func:`get_preset`, the eval transform,
   licence, published top-1; ``checkpoints/manifest.json``).
 * :mod:`~mobileone_tf.weights.pretrained`: ``weights="imagenet"``
-  (:func:`imagenet_weights_path`, :func:`preset_weights_path`,
-  :data:`CHECKPOINTS`).
+  (:func:`imagenet_weights_path`, :func:`preset_weights_path`).
 
 Nothing here imports TensorFlow; Keras only for a download.
 """
@@ -41,7 +40,6 @@ _EXPORTS = {
     "get_preset": ".presets",
     "preset_name": ".presets",
     "sha256_for": ".presets",
-    "CHECKPOINTS": ".pretrained",
     "imagenet_weights_path": ".pretrained",
     "preset_weights_path": ".pretrained",
     "CheckpointError": ".tensor_records",

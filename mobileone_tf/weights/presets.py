@@ -6,8 +6,7 @@ fused and unfused), in the style of timm's ``default_cfgs`` and KerasHub's
 the licence, the evaluation transform (input size, crop fraction, mean and
 std) and Apple's published top-1. Everything else reads this table:
 
-* :mod:`mobileone_tf.weights.pretrained` (``weights="imagenet"``,
-  :data:`~mobileone_tf.weights.CHECKPOINTS`);
+* :mod:`mobileone_tf.weights.pretrained` (``weights="imagenet"``);
 * ``checkpoints/manifest.json``, generated from it by :func:`write_manifest`
   (``python -c "from mobileone_tf.weights import presets;
   presets.write_manifest('checkpoints/manifest.json')"`` in the repository

@@ -4,8 +4,8 @@ Apple publishes (ml-mobileone README) two PyTorch checkpoints per variant at
 ``https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/``:
 ``mobileone_sN.pth.tar`` (fused, inference form) and
 ``mobileone_sN_unfused.pth.tar`` (branched, training-time form).
-:data:`CHECKPOINTS` lists them: the rows of the preset table
-(:mod:`mobileone_tf.weights.presets`, also ``checkpoints/manifest.json``).
+The preset table (:data:`mobileone_tf.weights.presets.PRESETS`, also
+``checkpoints/manifest.json``) lists them.
 
 :func:`imagenet_weights_path` resolves, in this order, for each candidate
 checkpoint (a branched model prefers the unfused checkpoint, a fused model
@@ -43,48 +43,39 @@ from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.weights import download
 from mobileone_tf.weights.h5 import read_weights_h5, write_weights_h5
 from mobileone_tf.weights.layouts import check_state, port_checkpoint
-from mobileone_tf.weights.presets import PRESETS, find_preset, get_preset, sha256_for
-
-mobileone_export("mobileone_tf.weights")("CHECKPOINTS")
-CHECKPOINTS = [p.as_dict() for p in PRESETS.values()]
-"""Apple's official ImageNet-1k checkpoints, the rows of
-:data:`mobileone_tf.weights.presets.PRESETS` as dicts: ``name`` (the preset),
-``variant``, ``form`` (``"fused"``/``"branched"``), ``file``, ``url``,
-``sha256`` (None where unknown), ``license``, the eval transform and
-``top1``. The ``"presets"`` of ``checkpoints/manifest.json``."""
-
+from mobileone_tf.weights.presets import find_preset, get_preset, sha256_for
 
 def _candidates(variant, fused):
     order = ("fused", "branched") if fused else ("branched", "fused")
-    return [find_preset(variant, form).as_dict() for form in order]
+    return [find_preset(variant, form) for form in order]
 
 
 def _ported_name(entry) -> str:
-    return entry["file"][: -len(".pth.tar")] + ".weights.h5"
+    return entry.file[: -len(".pth.tar")] + ".weights.h5"
 
 
 def _port_to_cache(entry, checkpoint) -> str:
-    result = port_checkpoint(checkpoint, variant=entry["variant"])
-    if result.form != entry["form"]:
-        raise ValueError(f"{checkpoint}: expected the {entry['form']} form, found "
+    result = port_checkpoint(checkpoint, variant=entry.variant)
+    if result.form != entry.form:
+        raise ValueError(f"{checkpoint}: expected the {entry.form} form, found "
                          f"{result.form}")
     out = os.path.join(download.cache_dir(), _ported_name(entry))
-    return write_weights_h5(result.state, out, entry["variant"], result.form,
-                            source=entry["url"], overwrite=True)
+    return write_weights_h5(result.state, out, entry.variant, result.form,
+                            source=entry.url, overwrite=True)
 
 
 def cache_problem(path, entry) -> str | None:
     """Why the cached port ``path`` of checkpoint ``entry`` (a
-    :data:`CHECKPOINTS` dict) cannot be used, or ``None`` when it is a
+    :class:`mobileone_tf.weights.presets.Preset`) cannot be used, or ``None`` when it is a
     complete ImageNet state of that variant and form (read in full)."""
     try:
         state, attrs = read_weights_h5(path, with_attrs=True)
         if state is None:
             return "not a mobileone_tf .weights.h5"
-        if (attrs.get("variant"), attrs.get("form")) != (entry["variant"], entry["form"]):
+        if (attrs.get("variant"), attrs.get("form")) != (entry.variant, entry.form):
             return (f"holds {attrs.get('variant')} {attrs.get('form')}, not "
-                    f"{entry['variant']} {entry['form']}")
-        classes = check_state(state, entry["variant"], entry["form"])
+                    f"{entry.variant} {entry.form}")
+        classes = check_state(state, entry.variant, entry.form)
         if classes != 1000:
             return f"has {classes} classes, not ImageNet's 1000"
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
@@ -155,7 +146,7 @@ def preset_weights_path(name) -> str:
         FileNotFoundError: as :func:`imagenet_weights_path`.
     """
     preset = get_preset(name)
-    return _resolve([preset.as_dict()], f"The weights of preset {preset.name}")
+    return _resolve([preset], f"The weights of preset {preset.name}")
 
 
 def _resolve(entries, what) -> str:
@@ -170,15 +161,15 @@ def _resolve(entries, what) -> str:
                 return path
             notes.append(_discard(path, problem))
     for entry in entries:  # 2. local mirror (sha256-checked)
-        src = download.mirror_file(entry["file"], sha256_for(entry["name"]), entry["url"])
+        src = download.mirror_file(entry.file, sha256_for(entry), entry.url)
         if src:
             return _port_to_cache(entry, src)
     errors = []
     for entry in entries:  # 3. download
         try:
-            src = download.download_file(entry["file"], entry["url"], sha256_for(entry["name"]))
+            src = download.download_file(entry.file, entry.url, sha256_for(entry))
         except Exception as e:  # offline, HTTP error, hash mismatch
-            errors.append(f"{entry['url']}: {e}")
+            errors.append(f"{entry.url}: {e}")
             continue
         try:
             return _port_to_cache(entry, src)
@@ -188,8 +179,8 @@ def _resolve(entries, what) -> str:
     first = entries[0]
     raise FileNotFoundError(
         "".join(f"{note}. " for note in notes)
-        + f"{what}: download {first['url']}"
-        + (f" (or {entries[1]['url']})" if len(entries) > 1 else "")
+        + f"{what}: download {first.url}"
+        + (f" (or {entries[1].url})" if len(entries) > 1 else "")
         + f" and put it, under that name, in the folder named by ${download.ENV_MIRROR} "
         f"(currently {download.mirror_dir() or 'unset'}), or pass weights=PATH to the file. "
         f"Not cached, and the download failed: {'; '.join(errors)}.")
