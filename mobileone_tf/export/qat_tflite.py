@@ -52,7 +52,7 @@ def _file_options(options, input_size):
 def _check(output, options):
     output = check_export("tflite", output, options, calibrated=False)
     if wanted(options.metadata):
-        mediapipe_dir()  # installed (or a clear error) before any training
+        mediapipe_dir()  # the writer is there (or a clear error) before any training
     return output
 
 
@@ -109,7 +109,7 @@ def qat_to_tflite(model, train_data, output, qat=None, options=None, *, class_na
     """
     qat, options = split_options(qat, options, **keywords)
     qat.validate()
-    quantization.check_qat_dependencies()  # before MediaPipe is installed
+    quantization.check_qat_dependencies()  # the [qat] extra, before anything is read
     size = qat.image_size or model.input_shape[1] or 224
     options = _file_options(options, size)
     output = _check(output, options)
@@ -138,7 +138,7 @@ def qat_variant_to_tflite(variant, weights, train_data, output, qat=None, option
     """
     qat, options = split_options(qat, options, **keywords)
     qat.validate()
-    quantization.check_qat_dependencies()  # before MediaPipe is installed
+    quantization.check_qat_dependencies()  # the [qat] extra, before anything is read
     options = _file_options(options, qat.image_size or 224)
     output = _check(output, options)
     model, dataset, skipped = quantization.qat_inputs(variant, weights, train_data, qat)
