@@ -7,6 +7,7 @@ inside, for label smoothing); output: softmax probabilities
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -109,22 +110,52 @@ def train(config: TrainConfig, train_fn: Callable, val_ds, classes: int,
         os.makedirs(output_dir, exist_ok=True)
     write_dir = multiworker.worker_dir(output_dir, role)
     try:
-        return _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
-                               steps_per_epoch, extra_callbacks, strategy, role, model,
-                               fit_model, optimizer, stages, action, done, skipped,
-                               total_images)
+        return _fit_and_finish(_Run(
+            config=config, train_fn=train_fn, val_ds=val_ds, classes=classes,
+            extra_callbacks=extra_callbacks, skipped=skipped, total_images=total_images,
+            output_dir=output_dir, write_dir=write_dir, strategy=strategy, role=role,
+            model=model, fit_model=fit_model, optimizer=optimizer, stages=stages,
+            action=action, done=done))
     finally:
         multiworker.remove_worker_dir(write_dir, output_dir)
 
 
-def _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
-                    steps_per_epoch, extra_callbacks, strategy, role, model, fit_model,
-                    optimizer, stages, action, done, skipped, total_images):
+@dataclasses.dataclass
+class _Run:
+    """One call of :func:`train` once its model is built: the caller's
+    arguments, and where it stands (``action``: ``"new"``, ``"overwrite"``
+    or ``"resume"``; ``done``: epochs completed before; ``write_dir``: where
+    this worker writes, ``output_dir`` for the chief)."""
+
+    config: TrainConfig
+    train_fn: Callable
+    val_ds: object
+    classes: int
+    extra_callbacks: tuple
+    skipped: tuple
+    total_images: object
+    output_dir: str
+    write_dir: str
+    strategy: object
+    role: object
+    model: keras.Model
+    fit_model: keras.Model
+    optimizer: object
+    stages: list
+    action: str
+    done: int
+
+
+def _fit_and_finish(run: _Run):
     """The body of :func:`train` once the model is built: callbacks write
-    into ``write_dir`` (``output_dir`` for the chief)."""
+    into ``run.write_dir`` (``output_dir`` for the chief)."""
+    config, val_ds, classes, role = run.config, run.val_ds, run.classes, run.role
+    strategy, model, fit_model, done = run.strategy, run.model, run.fit_model, run.done
+    write_dir, action, skipped, total_images = (run.write_dir, run.action, run.skipped,
+                                                run.total_images)
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     if action == "resume" and not role.is_chief:
-        multiworker.copy_resume_state(output_dir, write_dir)  # as the chief restores
+        multiworker.copy_resume_state(run.output_dir, write_dir)  # as the chief restores
     rows = rundir.truncate_log(write_dir, done) if action == "resume" else []
     best = max((v for v in (_number(r.get(monitor)) for r in rows) if v is not None),
                default=None)
@@ -139,35 +170,35 @@ def _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
     callbacks, thr, nan_guard = cb.make_callbacks(
         write_dir, batch_size=config.batch_size, ema=config.ema_decay > 0,
         monitor=monitor, best_so_far=best, skipped=skipped, total_images=total_images,
-        extra=extra_callbacks)
+        extra=run.extra_callbacks)
 
     def compile_model():
         with strategy.scope():
-            fit_model.compile(optimizer=optimizer,
+            fit_model.compile(optimizer=run.optimizer,
                               loss=keras.losses.CategoricalCrossentropy(
                                   label_smoothing=config.label_smoothing),
                               metrics=metrics, jit_compile=config.jit_compile,
                               run_eagerly=config.run_eagerly)
 
     # Segments: resizing stages split further at the backbone unfreeze epoch.
-    bounds = sorted({0, config.epochs, *[s for s, *_ in stages],
+    bounds = sorted({0, config.epochs, *[s for s, *_ in run.stages],
                      *([config.freeze_backbone_epochs]
                        if 0 < config.freeze_backbone_epochs < config.epochs else [])})
     t_start = time.perf_counter()
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b <= done:
             continue
-        size, mag = next((s, m) for (s0, e0, s, m) in stages if s0 <= a < e0)
+        size, mag = next((s, m) for (s0, e0, s, m) in run.stages if s0 <= a < e0)
         frozen = a < config.freeze_backbone_epochs
         for layer in model.layers:
             if layer.name not in (mo_models.HEAD_NAME, "avg_pool") and layer.weights:
                 layer.trainable = not frozen
         compile_model()
         if role.num_workers > 1:
-            ds = multiworker.distribute_train_data(strategy, train_fn, size, mag,
+            ds = multiworker.distribute_train_data(strategy, run.train_fn, size, mag,
                                                    prepare=lambda d: d.map(prepare))
         else:
-            ds = train_fn(size, mag).map(prepare)
+            ds = run.train_fn(size, mag).map(prepare)
         # several workers: fit inside the scope (the wrapper was built outside it)
         with strategy.scope() if role.num_workers > 1 else contextlib.nullcontext():
             fit_model.fit(ds, validation_data=val_ds, epochs=b, initial_epoch=max(a, done),
@@ -188,7 +219,7 @@ def _fit_and_finish(config, train_fn, val_ds, classes, output_dir, write_dir,
     else:
         if done >= config.epochs:  # every epoch was done before a crash in finish()
             compile_model()
-            _restore_backup(fit_model, optimizer, write_dir)
+            _restore_backup(fit_model, run.optimizer, write_dir)
     for layer in model.layers:
         layer.trainable = True
     # fit() leaves the EMA weights in the model (optimizer.finalize_variable_values).
