@@ -107,7 +107,8 @@ def retinanet(out):
                      / np.abs(np.asarray(branched[k])).max()) for k in branched}
     path = os.path.join(out, "detector.keras")
     det.save(path)
-    loaded = keras.saving.load_model(path)(x, training=False)
+    reloaded = keras.saving.load_model(path)
+    loaded = reloaded(x, training=False)
     reload_diff = {k: float(np.abs(np.asarray(branched[k]) - np.asarray(loaded[k])).max())
                    for k in branched}
     raw = hub.raw_detections_model(fused)
@@ -125,7 +126,7 @@ def retinanet(out):
                                 for layer in mo.models.all_layers(fused)),
             "rel_diff": diff, "reload_diff": reload_diff, "export": exports,
             "coreml": {"checks": coreml["checks"], "outputs": coreml["outputs"]},
-            "reloaded_class": type(keras.saving.load_model(path)).__name__}
+            "reloaded_class": type(reloaded).__name__}
 
 
 def main():
