@@ -198,12 +198,33 @@ def test_install_command_offline(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mobileone_tf.export.mediapipe_install"],
                           cwd=tmp_path, env=env, check=False, capture_output=True, text=True,
                           timeout=300)
+    if metadata.in_environment():  # the [metadata] extra (tools/compat.sh): no pip at all
+        assert proc.returncode == 0 and "nothing to install" in proc.stdout, proc.stderr[-3000:]
+        assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+        return
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
     for words in ("could not install", "offline", "pip install --no-deps --target DIR",
                   "--nometadata"):
         assert words in errors[0], errors[0]
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_environment_mediapipe_is_used_without_a_folder(tmp_path, monkeypatch):
+    """With ``mediapipe`` in the environment (the ``[metadata]`` extra) and no
+    folder: the metadata is wanted by default, the worker gets no extra
+    ``PYTHONPATH`` entry, and the installer installs nothing (the real
+    environment: tools/compat.sh's ``metadata`` row)."""
+    monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "none"))
+    monkeypatch.setattr(metadata, "in_environment", lambda: True)
+    assert metadata.wanted(None) is True and metadata.mediapipe_dir() == ""
+    assert metadata.install_mediapipe() == "" and not list(tmp_path.iterdir())
+    paths = metadata.worker_env("")["PYTHONPATH"].split(os.pathsep)
+    assert "" not in paths and paths[0] == str(ROOT)
+    monkeypatch.setattr(metadata, "in_environment", lambda: False)
+    assert metadata.wanted(None) is False
+    with pytest.raises(export.ExportError, match="nor in this environment.*metadata\\]"):
+        metadata.mediapipe_dir()
 
 
 def test_worker_imports_no_tensorflow(folder):

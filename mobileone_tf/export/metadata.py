@@ -21,12 +21,15 @@ on a MobileOne) that is the identity, so raw camera pixels are the tensor
 ``raw_pixel_input``.
 
 MediaPipe (the writer and the reader) runs in a subprocess
-(``python -m mobileone_tf.export.metadata_worker``) with ``PYTHONPATH`` set
-to a folder holding ``mediapipe`` and absl-py 2.x (:func:`mediapipe_dir`):
-the main environment pins absl-py 1.4.0 for TFMOT. That folder is installed
-only when the user asks (``python -m mobileone_tf.export.mediapipe_install``,
-:func:`install_mediapipe`); without it an export with metadata stops with one
-line that gives the command. Imports no TensorFlow.
+(``python -m mobileone_tf.export.metadata_worker``, never beside TensorFlow).
+Where it comes from (:func:`mediapipe_dir`): the environment itself when
+``mediapipe`` is installed there (``pip install mobileone_tf[metadata]``,
+possible without the ``[qat]`` extra: TFMOT caps absl-py below 2, MediaPipe
+needs absl-py 2.x), else a folder of its own put first on the worker's
+``PYTHONPATH``, installed only when the user asks
+(``python -m mobileone_tf.export.mediapipe_install``,
+:func:`install_mediapipe`). Without either an export with metadata stops with
+one line that gives both routes. Imports no TensorFlow (nor MediaPipe).
 """
 
 from __future__ import annotations
@@ -81,14 +84,25 @@ def pip_command(folder) -> str:
 
 
 def installed(folder) -> bool:
-    """Whether ``folder`` holds ``mediapipe``."""
+    """Whether ``folder`` holds ``mediapipe`` (``""``: whether this
+    environment has it, :func:`in_environment`)."""
+    if not folder:
+        return in_environment()
     return os.path.isfile(os.path.join(folder, "mediapipe", "__init__.py"))
+
+
+def in_environment() -> bool:
+    """Whether this Python environment has ``mediapipe`` (the ``[metadata]``
+    extra); found without importing it."""
+    import importlib.util
+    return importlib.util.find_spec("mediapipe") is not None
 
 
 def _hint() -> str:
     return (f"install it once with `{install_command()}` (offline: run `{pip_command('DIR')}` "
-            f"where PyPI is reachable, copy DIR here and set {ENV_DIR}=DIR), or skip the "
-            "metadata with --nometadata (metadata=False)")
+            f"where PyPI is reachable, copy DIR here and set {ENV_DIR}=DIR) or, without the "
+            "[qat] extra, `pip install mobileone_tf[metadata]`; or skip the metadata with "
+            "--nometadata (metadata=False)")
 
 
 NOT_INSTALLED = ("skipped: MediaPipe's TFLite metadata writer is not installed (install it once "
@@ -101,29 +115,36 @@ default) where the writer is not installed."""
 def wanted(metadata) -> bool:
     """Whether to write TFLite metadata: ``metadata`` when it is True/False;
     for ``None`` (the default: "when available"), whether MediaPipe's
-    writer is installed in :func:`mediapipe_folder`."""
-    return installed(mediapipe_folder()) if metadata is None else bool(metadata)
+    writer is installed (in :func:`mediapipe_folder` or this environment)."""
+    if metadata is not None:
+        return bool(metadata)
+    return installed(mediapipe_folder()) or in_environment()
 
 
 def mediapipe_dir() -> str:
-    """The folder that holds ``mediapipe`` for the worker (:func:`mediapipe_folder`).
-    Nothing is installed here: that is :func:`install_mediapipe`, on request.
+    """The folder that holds ``mediapipe`` for the worker: :func:`mediapipe_folder`
+    when MediaPipe is installed there, else ``""`` when this environment has
+    it (:func:`in_environment`). Nothing is installed here: that is
+    :func:`install_mediapipe`, on request.
 
     Raises:
-        ExportError: MediaPipe is not installed there (one line: the install
-            command, what to do offline, and ``--nometadata``).
+        ExportError: MediaPipe is in neither (one line: the install
+            commands, what to do offline, and ``--nometadata``).
     """
     folder = mediapipe_folder()
-    if not installed(folder):
-        raise ExportError(f"MediaPipe's TFLite metadata writer is not installed in {folder}: "
-                          + _hint())
-    return folder
+    if installed(folder):
+        return folder
+    if in_environment():
+        return ""
+    raise ExportError(f"MediaPipe's TFLite metadata writer is not installed in {folder} "
+                      "nor in this environment: " + _hint())
 
 
 def install_mediapipe() -> str:
     """Installs MediaPipe's metadata writer (:data:`REQUIREMENTS`, pip
     ``--no-deps``, about 45 MB download, 130 MB on disk) into
-    :func:`mediapipe_folder` and returns the folder; an installed one is kept.
+    :func:`mediapipe_folder` and returns the folder; an installed one is kept,
+    and where this environment has ``mediapipe`` nothing is installed (returns ``""``).
     The folder is written beside its place and moved there in one rename
     (:func:`mobileone_tf.fileio.atomic_dir`): never half-installed. Run by
     ``python -m mobileone_tf.export.mediapipe_install``.
@@ -136,6 +157,8 @@ def install_mediapipe() -> str:
     folder = mediapipe_folder()
     if installed(folder):
         return folder
+    if in_environment():
+        return ""  # the [metadata] extra: nothing to install
     if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)  # an empty folder made for it
     try:
@@ -164,11 +187,12 @@ def install_mediapipe() -> str:
 
 
 def worker_env(folder) -> dict:
-    """The environment of a MediaPipe subprocess: ``folder`` first on
-    ``PYTHONPATH``, then the folder that holds this package."""
+    """The environment of a MediaPipe subprocess: ``folder`` (unless ``""``:
+    this environment's MediaPipe) first on ``PYTHONPATH``, then the folder
+    that holds this package."""
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = [folder, package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                      if p]
+    paths = [p for p in (folder, package_root) if p] + [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -178,7 +202,7 @@ def run_worker(*args, folder=None, timeout=300) -> str:
     Raises:
         ExportError: the worker failed (its ``error:`` line).
     """
-    folder = folder or mediapipe_dir()
+    folder = mediapipe_dir() if folder is None else folder
     proc = subprocess.run([sys.executable, "-m", WORKER, *map(str, args)], check=False,
                           capture_output=True, text=True, env=worker_env(folder),
                           timeout=timeout)
