@@ -41,3 +41,23 @@ def test_classify_samples_without_arguments(tmp_path):
     assert tops["coffee.jpg"][0] in COFFEE, proc.stdout
     assert ROCKET & set(tops["rocket.jpg"]), proc.stdout
     assert not list(tmp_path.iterdir())  # writes nothing where it runs
+
+
+def test_readme_python_example(monkeypatch, capsys):
+    """README's Python quick start, executed as written from the repository
+    root (``weights="imagenet"``: Apple's S0 from ``MOBILEONE_TF_CHECKPOINTS``)."""
+    shared = require_shared("mobileone_s0.pth.tar")
+    monkeypatch.setenv("MOBILEONE_TF_CHECKPOINTS", str(shared))
+    from tests.doc_examples import run_block
+    ns = run_block("README.md", 0, cwd=ROOT)
+    import mobileone_tf as mo
+    probs = ns["probs"]
+    assert probs.shape == (2, 1000) and abs(probs.sum(1) - 1).max() < 1e-4
+    top1 = probs.argmax(1)
+    assert top1[0] in CATS and top1[1] in COFFEE, top1
+    printed = capsys.readouterr().out
+    assert printed.count("(") >= 10 and "n0" in printed  # 2 x 5 (synset, name, p) tuples
+    assert mo.models.model_form(ns["fused"]) == "fused"
+    assert mo.models.model_form(ns["model"]) == "branched"
+    assert mo.models.model_form(ns["deploy"]) == "fused"
+    assert ns["backbone"].output.shape == (None, 2048)  # S4: last stage 1024 x 2.0

@@ -213,3 +213,24 @@ def test_every_documented_command_parses_with_its_script_flags():
 
 if __name__ == "__main__":
     _worker(pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]))
+
+
+def test_every_python_example_is_executed_by_a_named_test():
+    """Each ```python block of README.md and docs/*.md is listed in
+    tests/doc_examples.py's EXECUTED, and the test named there exists and
+    runs that block (``run_block`` / ``block_source`` with its document and
+    index): an example added, moved or dropped without a test fails here."""
+    sys.path.insert(0, str(ROOT))
+    from tests import doc_examples
+    blocks = doc_examples.all_blocks()
+    assert len(blocks) >= 4  # README's quick start, android.md, backbone.md x 2
+    assert set(blocks) == set(doc_examples.EXECUTED), (
+        sorted(set(blocks) ^ set(doc_examples.EXECUTED)))
+    for (doc, index), test in doc_examples.EXECUTED.items():
+        path, name = test.split("::")
+        source = (ROOT / path).read_text()
+        start = source.index(f"def {name}(")
+        end = source.find("\ndef ", start + 1)
+        body = source[start:end if end > 0 else None]
+        call = re.search(rf"(run_block|block_source)\(\s*\"{re.escape(doc)}\",\s*{index}\b", body)
+        assert call, f"{test} does not run {doc}'s python block {index}"

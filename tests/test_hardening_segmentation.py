@@ -2,7 +2,7 @@
 unusual input. Palette (P) and 16-bit (I;16) masks are read as the class
 indices that were written (not as grey levels, not as zeros); a truncated
 training JPEG or mask is named before training, and nothing is left in the
-output folder; --resume refuses flags that differ from the recorded run."""
+output folder (--resume refusing changed flags: tests/test_segmentation.py)."""
 
 import os
 import re
@@ -129,47 +129,3 @@ def test_run_failing_in_its_first_epoch_leaves_nothing(tmp_path):
         runner.run(config, root, tmp_path / "kept", callbacks=[FailAt(0, 0)])
     assert os.listdir(tmp_path / "kept") == ["notes.txt"]
     assert run_state(tmp_path / "kept") == "new"
-
-
-@pytest.fixture(scope="module")
-def unfinished_fused_run(tmp_path_factory):
-    """A fused run of 2 epochs killed in its second epoch."""
-    tmp = tmp_path_factory.mktemp("resume")
-    root = _folder(tmp / "data", MASKS[:2])
-    config = runner.SegConfig(epochs=2, batch_size=1, crop_size=(64, 96), fused=True,
-                              learning_rate=1e-4)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run(config, root, tmp / "run", callbacks=[FailAt(1, 0)])
-    assert run_state(tmp / "run") == "unfinished"
-    return config, root, tmp / "run"
-
-
-def _snapshot(folder):
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
-def test_resume_refuses_changed_flags(unfinished_fused_run):
-    config, root, out = unfinished_fused_run
-    before = _snapshot(out)
-    changed = runner.SegConfig(epochs=3, batch_size=2, crop_size=(64, 96), fused=True,
-                               learning_rate=1e-3, seed=5)
-    with pytest.raises(ValueError) as info:
-        runner.run(changed, root, out, resume=True)
-    line = cli.error_message(info.value)
-    for part in ("--epochs was 2, not 3", "--batch_size was 1, not 2",
-                 "--learning_rate was 0.0001, not 0.001", "--seed was 0, not 5"):
-        assert part in line, line
-    assert "fused" not in line and "crop_size" not in line
-    assert _snapshot(out) == before  # nothing written
-
-
-def test_resume_of_fused_run_without_fused_says_so(unfinished_fused_run):
-    config, root, out = unfinished_fused_run
-    before = _snapshot(out)
-    proc = _script("--data", root, "--output_dir", out, "--epochs", 2, "--batch_size", 1,
-                   "--crop_size", "64,96", "--learning_rate", 1e-4, "--resume")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: --resume: "), proc.stderr[-3000:]
-    assert "the run was fused: add --fused" in lines[0]
-    assert _snapshot(out) == before

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import import_or_missing, require_shared
+from tests.conftest import ROOT, import_or_missing, require_shared
 
 keras_hub = import_or_missing("keras_hub", extra="hub")
 
@@ -38,7 +38,8 @@ def _real_images(shared, n):
             np.array([int(r["label"]) for r in rows]))
 
 
-def test_by_name_ported_once_then_read_offline(home, monkeypatch, capsys):
+def test_backbone_doc_preset_example(home, monkeypatch, capsys):
+    """docs/backbone.md's presets example; by name: ported once, then read offline."""
     shared = require_shared("mobileone_s0.pth.tar", "imagenet-val-1300/labels.csv")
     monkeypatch.setenv(weights.ENV_MIRROR, str(shared))
     assert NAMES <= set(hub.MobileOneBackbone.presets)
@@ -46,7 +47,13 @@ def test_by_name_ported_once_then_read_offline(home, monkeypatch, capsys):
     assert NAMES <= set(keras_hub.models.ImageClassifier.presets)
     images, labels = _real_images(shared, N_IMAGES)
 
-    backbone = hub.MobileOneBackbone.from_preset("mobileone_s0_imagenet")
+    # docs/backbone.md's example, as written (the bundled photos)
+    from tests.doc_examples import run_block
+    from tests.test_classify import CATS, COFFEE
+    example = run_block("docs/backbone.md", 0, cwd=ROOT)
+    top1 = example["logits"].argmax(-1)
+    assert example["logits"].shape == (2, 1000) and top1[0] in CATS and top1[1] in COFFEE, top1
+    backbone = example["backbone"]
     assert type(backbone) is hub.MobileOneBackbone
     assert (backbone.variant, backbone.fused) == ("s0", True)
     import keras
@@ -62,7 +69,7 @@ def test_by_name_ported_once_then_read_offline(home, monkeypatch, capsys):
         scale = np.abs(expected[level]).max()
         assert scale > 0 and np.abs(features[level] - expected[level]).max() <= 1e-5 * scale
 
-    classifier = keras_hub.models.ImageClassifier.from_preset("mobileone_s0_imagenet")
+    classifier = example["classifier"]
     assert type(classifier) is hub.MobileOneImageClassifier
     logits = classifier.predict(images, verbose=0)
     correct = int((logits.argmax(-1) == labels).sum())

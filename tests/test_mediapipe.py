@@ -12,8 +12,11 @@ MediaPipe's own resize is the identity.
 ``MOBILEONE_TF_MEDIAPIPE_ALL=1`` adds the float16 file (slow sweep).
 """
 
+import ast
 import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +24,8 @@ import pytest
 import mobileone_tf as mo
 from mobileone_tf import data, export, runtime
 from mobileone_tf.export import acceptance
-from tests import mediapipe_tasks
+from mobileone_tf.export import metadata
+from tests import doc_examples, mediapipe_tasks
 from tests.conftest import ROOT
 
 SAMPLES = sorted(str(p) for p in (ROOT / "samples").glob("*.jpg"))
@@ -80,6 +84,21 @@ def test_classifier_top1_and_names(folder, apple_s0, images, names_file, keras_p
         np.testing.assert_allclose(result["scores"], keras_probs, rtol=0, atol=1e-5)
     cat, coffee = top1[:2]  # samples/chelsea.jpg, coffee.jpg
     assert 281 <= cat <= 285 and coffee in (504, 967, 968), (cat, coffee)
+    if quantize == "none":  # docs/android.md's Python example on this file, as written
+        (tmp_path / "mobileone_s0.tflite").symlink_to(path)
+        (tmp_path / "samples").symlink_to(ROOT / "samples")
+        code, _ = doc_examples.block_source("docs/android.md", 0)
+        # The --no-deps folder has no OpenCV (a user's `pip install mediapipe` has):
+        # the package's stand-in for it first, then the example as written.
+        code = ("from mobileone_tf.export import metadata_worker\n"
+                "metadata_worker.import_mediapipe()\n" + code)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                              text=True, env=metadata.worker_env(folder), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        printed = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+        # (MediaPipe resizes the whole photo, no centre crop: a cat class, its own score)
+        assert len(printed) == 5 and printed[0][0] in names[281:286], printed
+        assert [p for _, p in printed] == sorted((p for _, p in printed), reverse=True)
 
 
 def test_classifier_uint8_camera_input(folder, apple_s0, images, names_file, keras_probs,

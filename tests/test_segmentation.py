@@ -7,6 +7,7 @@ scripts/train_segmenter.py on a tiny slice of CamVid."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import mobileone_tf as mo  # noqa: E402
-from mobileone_tf import export, segmentation  # noqa: E402
+from mobileone_tf import cli, export, segmentation  # noqa: E402
 from mobileone_tf.segmentation import data as seg_data  # noqa: E402
 from mobileone_tf.segmentation import metrics as seg_metrics  # noqa: E402
 from mobileone_tf.segmentation import runner  # noqa: E402
@@ -120,13 +121,33 @@ def test_deploy_model_pads_and_names_outputs(deploy_360x480):
         segmentation.deploy_model(fused, (300, 480))
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx", "mlpackage"])
+def test_backbone_doc_task_example(tmp_path):
+    """docs/backbone.md's DeepLabV3+/RetinaNet example as written (Apple's S0
+    checkpoint in the working folder): the segmenter fuses, deploys at 360x480
+    and exports to TFLite (export's verification against Keras), and the file
+    gives the Keras model's logits."""
+    from mobileone_tf import runtime
+    from tests.doc_examples import run_block
+    shared = require_shared("mobileone_s0.pth.tar")
+    (tmp_path / "mobileone_s0.pth.tar").symlink_to(shared / "mobileone_s0.pth.tar")
+    ns = run_block("docs/backbone.md", 1, cwd=tmp_path)
+    assert type(ns["fused"]).__name__ == "DeepLabV3ImageSegmenter"
+    assert type(ns["detector"]).__name__ == "RetinaNetObjectDetector"
+    path = tmp_path / "camvid_s0.tflite"
+    (inp,), (out,) = runtime.tflite_io(str(path))
+    assert list(inp["shape"]) == [1, 360, 480, 3]
+    assert (out["name"], list(out["shape"])) == ("logits", [1, 360, 480, 11])
+    x = np.random.default_rng(4).uniform(0, 255, (1, 360, 480, 3)).astype("float32")
+    assert rel_max_diff(ns["deploy"].predict(x, verbose=0), runtime.run_tflite(str(path), x)) <= 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "mlpackage"])
 def test_segmenter_exports_at_360x480(deploy_360x480, tmp_path, fmt):
-    """TFLite and ONNX run and match Keras (export's strict verification);
-    Core ML is spec-checked (no Core ML runtime on Linux)."""
+    """ONNX runs and matches Keras (export's strict verification); Core ML is
+    spec-checked (no Core ML runtime on Linux). TFLite:
+    test_backbone_doc_task_example."""
     _, _, deploy = deploy_360x480
-    to = {"tflite": export.to_tflite, "onnx": export.to_onnx,
-          "mlpackage": export.to_coreml}[fmt]
+    to = {"onnx": export.to_onnx, "mlpackage": export.to_coreml}[fmt]
     path, report = to(deploy, str(tmp_path / f"segmenter.{fmt}"), input_size=(360, 480),
                       fuse=False)
     assert os.path.exists(path)
@@ -179,22 +200,69 @@ def _scores_by_hand(run_dir, data_dir, stems, num_classes=11, ignore=11):
             "pixel_accuracy": tp.sum() / cm.sum(), "labelled_pixels": int(cm.sum())}
 
 
-def test_runner_resumes_and_refuses_a_finished_run(tmp_path):
-    """A run killed in epoch 1 continues from exactly (bit for bit) the
-    weights it had at the end of epoch 0; a finished one is refused; its test
-    scores equal a confusion matrix counted from its fused model. Fused
-    encoder in-process (the branched step needs TF_ENABLE_ONEDNN_OPTS=0,
-    which the script sets; see tests/hub_worker.py)."""
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+    """A fused 2-epoch run killed at the first step of its epoch 1 (the
+    branched step needs TF_ENABLE_ONEDNN_OPTS=0, which the script sets; see
+    tests/hub_worker.py): its config, data folder, run folder and the
+    weights it had at its first step and at the end of epoch 0."""
+    tmp = tmp_path_factory.mktemp("crashed")
     rng = np.random.default_rng(0)
-    data_dir = tmp_path / "data"
-    _folder(data_dir, [rng.integers(0, 12, (64, 96)) for _ in range(4)])
+    data_dir = _folder(tmp / "data", [rng.integers(0, 12, (64, 96)) for _ in range(4)])
     config = runner.SegConfig(epochs=2, batch_size=2, crop_size=(64, 96), fused=True,
                               learning_rate=1e-4)
-    out = tmp_path / "run"
+    out = tmp / "run"
     first = _Weights()
     with pytest.raises(RuntimeError, match="simulated crash"):
         runner.run(config, data_dir, out, callbacks=[first, FailAt(1, 0)])
     assert run_state(out) == "unfinished"
+    return config, data_dir, out, first
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_resume_refuses_changed_flags(crashed_run):
+    """--resume with other training flags: one line naming each, nothing written."""
+    _, data_dir, out, _ = crashed_run
+    before = _snapshot(out)
+    changed = runner.SegConfig(epochs=3, batch_size=1, crop_size=(64, 96), fused=True,
+                               learning_rate=1e-3, seed=5)
+    with pytest.raises(ValueError) as info:
+        runner.run(changed, data_dir, out, resume=True)
+    line = cli.error_message(info.value)
+    for part in ("--epochs was 2, not 3", "--batch_size was 2, not 1",
+                 "--learning_rate was 0.0001, not 0.001", "--seed was 0, not 5"):
+        assert part in line, line
+    assert "fused" not in line and "crop_size" not in line
+    assert _snapshot(out) == before  # nothing written
+
+
+def test_resume_of_fused_run_without_fused_says_so(crashed_run):
+    """scripts/train_segmenter.py --resume reaches the runner's check."""
+    _, data_dir, out, _ = crashed_run
+    before = _snapshot(out)
+    proc = subprocess.run(
+        [sys.executable, "scripts/train_segmenter.py", "--data", str(data_dir), "--output_dir",
+         str(out), "--epochs", "2", "--batch_size", "2", "--crop_size", "64,96",
+         "--learning_rate", "1e-4", "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --resume: "), proc.stderr[-3000:]
+    assert "the run was fused: add --fused" in lines[0]
+    assert _snapshot(out) == before
+
+
+def test_runner_resumes_and_refuses_a_finished_run(crashed_run, tmp_path):
+    """The killed run (moved to another folder, as a user may) continues from
+    exactly (bit for bit) the weights it had at the end of epoch 0; a
+    finished one is refused; its test scores equal a confusion matrix counted
+    from its fused model."""
+    config, data_dir, crashed, first = crashed_run
+    out = tmp_path / "moved"
+    shutil.copytree(crashed, out)  # the fixture's folder stays unfinished for the others
     with pytest.raises(FileExistsError, match="--resume"):
         runner.run(config, data_dir, out)
     resumed = _Weights()
