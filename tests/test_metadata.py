@@ -88,7 +88,12 @@ def test_mediapipe_classifier_takes_the_file(folder, float_export, s0, tmp_path)
     assert result["tensorflow"] is False
     assert [result["names"][i] for i in range(1000)] == names
     keras = fuse_predict(s0, images)
-    np.testing.assert_allclose(result["scores"], keras, atol=2e-5)
+    np.testing.assert_array_equal(np.argmax(result["scores"], 1), np.argmax(keras, 1))
+    # float32 in another summation order (XNNPACK vs TensorFlow's kernels;
+    # how far apart depends on the CPU: 3.9e-5 seen on the CI machine,
+    # < 2e-5 on this AVX2 EPYC). The random-weight model's logits span
+    # hundreds, so 1e-4 in probability is a ~1e-6 relative logit error.
+    np.testing.assert_allclose(result["scores"], keras, atol=1e-4)
 
 
 def fuse_predict(model, images):
