@@ -109,13 +109,14 @@ class MobileOneBlock(keras.layers.Layer):
         self.in_channels = None
 
     # -- construction -----------------------------------------------------
-    def _conv(self, kernel_size, padding, name):
+    def _conv(self, kernel_size, padding, name, strides=None):
+        strides = self.strides if strides is None else strides
         if self.depthwise:
             return keras.layers.DepthwiseConv2D(
-                kernel_size, strides=self.strides, padding=padding,
+                kernel_size, strides=strides, padding=padding,
                 use_bias=False, name=name, dtype=self.dtype_policy)
         return keras.layers.Conv2D(
-            self.filters, kernel_size, strides=self.strides, padding=padding,
+            self.filters, kernel_size, strides=strides, padding=padding,
             use_bias=False, name=name, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -147,7 +148,8 @@ class MobileOneBlock(keras.layers.Layer):
         out_shape = self.compute_output_shape(input_shape)
         self.conv_scale = self.bn_scale = None
         if self.kernel_size > 1:
-            self.conv_scale = self._conv(1, "valid", "conv_scale")
+            # stride 1 on the subsampled input (see _scale_input)
+            self.conv_scale = self._conv(1, "valid", "conv_scale", strides=1)
             self.bn_scale = _bn_layer("bn_scale", self.dtype_policy, self.synchronized_bn)
             self.conv_scale.build(input_shape)
             self.bn_scale.build(out_shape)
@@ -176,13 +178,26 @@ class MobileOneBlock(keras.layers.Layer):
                 y = bn(conv(x), training=training)
                 out = y if out is None else out + y
         if self.conv_scale is not None:
-            out = out + self.bn_scale(self.conv_scale(inputs), training=training)
+            out = out + self.bn_scale(self.conv_scale(self._scale_input(inputs)),
+                                      training=training)
         if self.identity is not None:
             out = out + self.identity(inputs, training=training)
         if self.use_se:
             s = keras.ops.mean(out, axis=(1, 2), keepdims=True)
             out = out * self.se_expand(self.se_reduce(s))
         return keras.ops.relu(out)
+
+    def _scale_input(self, inputs):
+        """The input of the 1x1 scale branch: a 1x1 convolution with stride
+        ``s`` and no padding reads pixels ``0, s, 2s, ...``, so it is the
+        stride-1 convolution of ``inputs[:, ::s, ::s, :]``. Written this way
+        because oneDNN's strided 1x1 backward-weights kernel writes past its
+        buffer on AVX2 for channels-last inputs of fewer than 8 channels (the
+        stem's RGB; uxlfoundation/oneDNN#6035), which crashes PyTorch's CPU
+        training step (the torch backend)."""
+        if self.strides == 1:
+            return inputs
+        return inputs[:, ::self.strides, ::self.strides, :]
 
     def compute_output_shape(self, input_shape):
         def size(n):

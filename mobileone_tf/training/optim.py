@@ -14,7 +14,7 @@ the cosine-annealed :class:`CosineWeightDecay`. Keras' own decoupled
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.training.config import TrainConfig
@@ -48,14 +48,14 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.min_lr = float(min_lr)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         w = float(max(self.warmup_steps, 1))
         warm = self.base_lr * (self.warmup_start_factor
                                + (1.0 - self.warmup_start_factor) * step / w)
         t = (step - self.warmup_steps) / float(max(self.total_steps - self.warmup_steps, 1))
-        t = tf.clip_by_value(t, 0.0, 1.0)
-        cos = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + tf.cos(math.pi * t))
-        return tf.where(step < self.warmup_steps, warm, cos)
+        t = ops.clip(t, 0.0, 1.0)
+        cos = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + ops.cos(math.pi * t))
+        return ops.where(step < self.warmup_steps, warm, cos)
 
     def get_config(self):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps,
@@ -109,7 +109,7 @@ class SGDCoupledL2(keras.optimizers.SGD):
         """``l2`` at the current step (a float32 scalar tensor)."""
         if callable(self.l2):
             return self.l2(self.iterations)
-        return tf.constant(float(self.l2))
+        return ops.convert_to_tensor(float(self.l2), "float32")
 
     def apply(self, grads, trainable_variables=None):
         # l2(step) is computed once per step (not once per variable) and added
