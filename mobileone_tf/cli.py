@@ -27,6 +27,7 @@ This module imports neither TensorFlow nor Keras.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -126,14 +127,37 @@ def import_tensorflow_quietly():
         os.close(saved)
 
 
+def keras_backend() -> str:
+    """The Keras backend this process will use (``KERAS_BACKEND``, else
+    ``~/.keras/keras.json``, else TensorFlow), read without importing Keras."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    config = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
+                          "keras.json")
+    try:
+        with open(config) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def main(fn, tensorflow=True):
     """Runs ``fn(argv)`` under absl with the error convention above and exits
     with its return value (0 when it returns ``None``). With ``tensorflow``
     (scripts that build models), TensorFlow is imported first, quietly
     (:func:`import_tensorflow_quietly`), after the flags are parsed, so
-    ``--help`` stays fast."""
+    ``--help`` stays fast. The scripts run on Keras' TensorFlow backend; under
+    another (:func:`keras_backend`) they stop with one ``error:`` line, exit 2
+    (the library's models, porting, fuse, hub and training run on all three:
+    docs/backends.md)."""
 
     def wrapped(argv):
+        backend = keras_backend()
+        if backend != "tensorflow":
+            print(f"error: {os.path.basename(sys.argv[0])} runs on Keras' TensorFlow backend "
+                  f"(KERAS_BACKEND={backend} here): run it with KERAS_BACKEND=tensorflow; "
+                  ".keras and .weights.h5 files saved on any backend load there", file=sys.stderr)
+            return 2
         try:
             if tensorflow:
                 import_tensorflow_quietly()

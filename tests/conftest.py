@@ -48,7 +48,7 @@ SHARED_ITEMS = ("mobileone_s0.pth.tar", "imagenet-val-1300/labels.csv", "imagene
                 "camvid/splits/train.txt", "tiny-imagenet-202")
 
 #: Reference packages (the dev extra) that tests run in subprocesses or import.
-REFERENCE_MODULES = ("torch", "torchvision", "timm", "keras_hub")
+REFERENCE_MODULES = ("torch", "torchvision", "timm", "keras_hub", "grain", "jax")
 
 
 def missing_reference(reason):

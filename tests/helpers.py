@@ -2,6 +2,15 @@
 
 import numpy as np
 
+# Exact counts of an independent implementation: timm 1.0.31
+# ``mobileone_sX`` (PyTorch), ``sum(p.numel() for p in parameters())`` of the
+# training-time model and of ``timm.utils.model.reparameterize_model`` of it
+# (BatchNorm running statistics are buffers, not parameters). The fused S0
+# also equals Apple's released checkpoint (2,078,504, ../shared/data/README.md).
+TIMM_PARAMS = {"s0": (5_293_272, 2_078_504), "s1": (4_825_192, 4_764_840),
+               "s2": (7_884_648, 7_808_168), "s3": (10_170_600, 10_078_312),
+               "s4": (14_951_248, 14_838_352)}
+
 
 def randomize_batchnorm(model, seed=0):
     """Random BatchNorm statistics and affine parameters (so that fusing is

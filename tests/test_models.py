@@ -10,7 +10,7 @@ import keras
 import mobileone_tf as mo
 from mobileone_tf import layers as mo_layers
 from mobileone_tf import models, variants
-from tests.helpers import randomize_batchnorm, rel_max_diff
+from tests.helpers import TIMM_PARAMS, randomize_batchnorm, rel_max_diff
 
 VARIANTS = ["s0", "s1", "s2", "s3", "s4"]
 STANDARD_FUSED_LAYERS = {
@@ -27,14 +27,6 @@ def _images(n=2, size=224, width=None, seed=1):
 # Parameters of the inference (fused) form as the MobileOne paper prints them
 # (Vasu et al., CVPR 2023, Table 7/8: millions, one decimal).
 PAPER_PARAMS_M = {"s0": 2.1, "s1": 4.8, "s2": 7.8, "s3": 10.1, "s4": 14.8}
-# Exact counts of an independent implementation: timm 1.0.31
-# ``mobileone_sX`` (PyTorch), ``sum(p.numel() for p in parameters())`` of the
-# training-time model and of ``timm.utils.model.reparameterize_model`` of it
-# (BatchNorm running statistics are buffers, not parameters). The fused S0
-# also equals Apple's released checkpoint (2,078,504, ../shared/data/README.md).
-TIMM_PARAMS = {"s0": (5_293_272, 2_078_504), "s1": (4_825_192, 4_764_840),
-               "s2": (7_884_648, 7_808_168), "s3": (10_170_600, 10_078_312),
-               "s4": (14_951_248, 14_838_352)}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -137,9 +137,16 @@ class MobileOneBackbone(keras_hub.models.FeaturePyramidBackbone):
                  image_shape=(None, None, 3), freeze_stages=0, norm_eval=False,
                  weights=None, dtype=None, **kwargs):
         image_shape = tuple(image_shape)
-        inner = mo_models.MobileOne(variant, include_top=False, weights=None,
-                                    input_shape=image_shape, fused=fused,
-                                    include_preprocessing=include_preprocessing)
+        # the layers take ``dtype`` (e.g. "mixed_float16"), as KerasHub's do
+        policy = keras.config.dtype_policy()
+        if dtype is not None:
+            keras.config.set_dtype_policy(dtype)
+        try:
+            inner = mo_models.MobileOne(variant, include_top=False, weights=None,
+                                        input_shape=image_shape, fused=fused,
+                                        include_preprocessing=include_preprocessing)
+        finally:
+            keras.config.set_dtype_policy(policy)
         pyramid = {level: layer.output
                    for level, layer in mo_models.level_layers(inner).items()}
         super().__init__(inputs=inner.inputs[0], outputs=inner.outputs[0], dtype=dtype, **kwargs)

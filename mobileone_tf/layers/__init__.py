@@ -8,6 +8,7 @@ from mobileone_tf import lazy  # noqa: E402
 _EXPORTS = {
     "assign_layers": ".assign",
     "layer_state": ".assign",
+    "BatchNormalization": ".batchnorm",
     "MobileOneBlock": ".block",
     "fused_kernel_bias": ".folding",
     "apply_fused": ".fused",

@@ -31,6 +31,7 @@ from mobileone_tf import state_keys as sk
 from mobileone_tf import variants
 from mobileone_tf.api_export import mobileone_export
 from mobileone_tf.layers.assign import assign_layers, layer_state
+from mobileone_tf.layers.batchnorm import BatchNormalization
 from mobileone_tf.layers.folding import (BN_EPSILON, BN_MOMENTUM, branched_state_from_fused,
                                          fused_kernel_bias)
 from mobileone_tf.layers.fused import apply_fused, conv_padding, fused_layers
@@ -39,7 +40,7 @@ from mobileone_tf.layers.grouped import can_group, grouped_branch_sum
 
 
 def _bn_layer(name, dtype, synchronized=False):
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype,
         synchronized=synchronized)
 
@@ -198,6 +199,12 @@ class MobileOneBlock(keras.layers.Layer):
         if self.strides == 1:
             return inputs
         return inputs[:, ::self.strides, ::self.strides, :]
+
+    def compute_output_spec(self, inputs, training=None):
+        """Output spec from the input's shape (Keras' default would pass no
+        shape to :meth:`compute_output_shape` for a NumPy input)."""
+        return keras.KerasTensor(self.compute_output_shape(tuple(inputs.shape)),
+                                 dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         def size(n):
