@@ -32,7 +32,7 @@ from mobileone_tf import layers as mo_layers
 from mobileone_tf import models as mo_models
 from mobileone_tf import training
 from mobileone_tf import weights as mo_weights
-from tests.helpers import TIMM_PARAMS, rel_max_diff
+from tests.helpers import TIMM_PARAMS, colour_batch, rel_max_diff
 
 BACKEND = keras.backend.backend()
 REF = pathlib.Path(os.environ["MOBILEONE_TF_TORCH_REF"])
@@ -145,16 +145,6 @@ def test_saved_files_cross_backends(ref):
     model.save_weights(OUT / f"{BACKEND}_keras.weights.h5")  # Keras' own layout
 
 
-def _colour_batch(n, size, classes=3, seed=0):
-    """Class = the brightest colour channel (the tiny data of test_training)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int32)
-    x = rng.uniform(0, 120, (n, size, size, 3)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, ..., c] += 120
-    return x, y
-
-
 def test_batchnorm_batch_variance_does_not_cancel():
     """A channel whose mean is 1e3 times its spread: training-mode BatchNorm of
     the blocks (every one of them) equals the float64 two-pass formula (the
@@ -185,9 +175,9 @@ def test_training_run_lowers_the_loss_and_fuses(tmp_path):
     keras.utils.set_random_seed(0)
 
     def train_fn(size, magnitude):
-        return tf.data.Dataset.from_tensor_slices(_colour_batch(192, size)).batch(
+        return tf.data.Dataset.from_tensor_slices(colour_batch(192, size)).batch(
             16, drop_remainder=True)
-    val = tf.data.Dataset.from_tensor_slices(_colour_batch(32, 32, seed=1)).batch(16)
+    val = tf.data.Dataset.from_tensor_slices(colour_batch(32, 32, seed=1)).batch(16)
     cfg = training.TrainConfig(variant="s0", epochs=4, batch_size=16, base_lr=0.1,
                                warmup_epochs=0.0, image_sizes=(32,), resize_epochs=(0,),
                                resize_reference_epochs=3, eval_image_size=32, ema_decay=0.0,
@@ -195,7 +185,7 @@ def test_training_run_lowers_the_loss_and_fuses(tmp_path):
     summary = training.train(cfg, train_fn, val, 3, str(tmp_path), steps_per_epoch=12)
     losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
-    x, _ = _colour_batch(4, 40, seed=3)
+    x, _ = colour_batch(4, 40, seed=3)
     fused = keras.models.load_model(tmp_path / "fused.keras")
     np.testing.assert_allclose(_np(fused(x, training=False)),
                                _np(summary["model"](x, training=False)), atol=1e-4)

@@ -153,10 +153,11 @@ def _metadata_writer_for_tflite_modules(request):
 # order, so running these first keeps one worker from finishing a long file
 # alone at the end (longest-processing-time-first scheduling). Only the order
 # changes: every test still runs.
-LONG_FILES = ("test_backends.py", "test_scripts.py", "test_hub.py", "test_training.py", "test_segmentation.py",
-              "test_quantization.py", "test_qat_data.py", "test_hardening_segmentation.py",
-              "test_export.py", "test_multiworker.py", "test_real_data.py",
-              "test_hardening_convert.py", "test_features.py", "test_export_speed.py")
+LONG_FILES = ("test_backends.py", "test_scripts.py", "test_hub.py", "test_training.py",
+              "test_segmentation.py", "test_quantization.py", "test_qat_data.py",
+              "test_hardening_segmentation.py", "test_export.py", "test_multiworker.py",
+              "test_real_data.py", "test_hardening_convert.py", "test_features.py",
+              "test_export_speed.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

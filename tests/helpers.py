@@ -32,3 +32,14 @@ def randomize_batchnorm(model, seed=0):
 def rel_max_diff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def colour_batch(n, size, classes=3, seed=0):
+    """A tiny learnable data set: float32 ``(n, size, size, 3)`` RGB 0..240
+    and int32 labels, class = the brightest colour channel."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    x = rng.uniform(0, 120, (n, size, size, 3)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, ..., c] += 120
+    return x, y

@@ -25,6 +25,7 @@ from mobileone_tf.training.model import check_weights
 from mobileone_tf.training.optim import no_decay_variables
 from mobileone_tf.training.runner import check_data
 from mobileone_tf.layers import MobileOneBlock
+from tests.helpers import colour_batch
 
 
 
@@ -96,13 +97,7 @@ def test_no_decay_variables_are_bn_and_bias():
 # ---------------------------------------------------------------------------
 # Tiny generated data set: class = which colour channel is brightest
 # ---------------------------------------------------------------------------
-def _arrays(n, size, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int32)
-    x = rng.uniform(0, 120, (n, size, size, 3)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, ..., c] += 120
-    return x, y
+_arrays = colour_batch
 
 
 def _train_fn(n=48, batch=16, classes=3):
