@@ -50,10 +50,10 @@ def _np(x):
     return keras.ops.convert_to_numpy(x)
 
 
-def _ported(**kw):
-    ref = np.load(REF / "s0.npz")
+def _ported(x):
+    """timm's S0 ported, logits out, for inputs shaped like ``x`` (NHWC)."""
     return mo.MobileOne("s0", weights=str(REF / "s0_timm.pth"), include_preprocessing=False,
-                        classifier_activation=None, input_shape=ref["x_nhwc"].shape[1:], **kw)
+                        classifier_activation=None, input_shape=x.shape[1:])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_timm_checkpoint_logits_fuse_and_features(ref):
     """Ported timm S0 (random weights, randomised BatchNorm statistics): eval
     logits, the fused model's logits and the five pyramid levels equal timm's
     (``features_only``) within 1e-4 of their largest magnitude."""
-    model = _ported()
+    model = _ported(ref["x_nhwc"])
     x = ref["x_nhwc"]
     assert rel_max_diff(ref["logits"], _np(model(x, training=False))) <= 1e-4
     fused = mo.fuse(model)
@@ -123,8 +123,7 @@ def test_training_mode_logits_and_input_gradient_match_timm():
     and input gradient, held to 4x PyTorch's own float32 error as in
     tests/test_grouped.py."""
     train = np.load(REF / "s0_train.npz")
-    model = mo.MobileOne("s0", weights=str(REF / "s0_timm.pth"), include_preprocessing=False,
-                         classifier_activation=None, input_shape=train["x_nhwc"].shape[1:])
+    model = _ported(train["x_nhwc"])
     logits, grad = _input_gradient(model, train["x_nhwc"])
     for key, got in (("logits", logits), ("grad_nhwc", grad)):
         torch32 = rel_max_diff(train[key], train[f"{key}_float32"])
@@ -137,7 +136,7 @@ def test_saved_files_cross_backends(ref):
     if KERAS_FILE:
         loaded = keras.models.load_model(KERAS_FILE)
         assert rel_max_diff(ref["logits"], _np(loaded(ref["x_nhwc"], training=False))) <= 1e-4
-    model = _ported()
+    model = _ported(ref["x_nhwc"])
     OUT.mkdir(parents=True, exist_ok=True)
     model.save(OUT / f"{BACKEND}.keras")
     mo_weights.write_weights_h5(mo_models.get_state(model), str(OUT / f"{BACKEND}.weights.h5"),
