@@ -24,7 +24,7 @@ ROOT = CASES.parent.parent
 #: backend -> (passed, skipped) of backend_cases.py: TensorFlow skips the
 #: training run (tests/test_training.py covers it), JAX too (minutes of XLA
 #: compilation).
-EXPECTED = {"tensorflow": (12, 1), "jax": (12, 1), "torch": (13, 0)}
+EXPECTED = {"tensorflow": (13, 1), "jax": (13, 1), "torch": (14, 0)}
 MODULES = {"tensorflow": (), "jax": ("jax",), "torch": ("torch",)}
 
 

@@ -20,7 +20,9 @@ runs a fixed random input (2x3x64x64, seed 0) in eval mode and writes:
   model with the same weights: stem and stages 1-4); for s0 also
   ``s0_train.npz``: training-mode logits (batch statistics) and the gradient
   of ``sum(logits ** 2)`` with respect to the NHWC input, in float64 and in
-  float32 (the float32 error is the scale a float32 implementation is held to).
+  float32 (the float32 error is the scale a float32 implementation is held to);
+  ``s0_train_wgrad.npz``: the float64 gradient of the same loss with respect
+  to every parameter, by timm parameter name.
 
 With ``--real``: Apple's fused S0 checkpoint renamed into timm's
 re-parameterized ``mobileone_s0`` (an independent forward pass), run on 8 real
@@ -161,14 +163,18 @@ def variant_fixtures(out, size):
             # >= 96 px would crash TF 2.21's oneDNN in the Keras step on some CPUs)
             # float64 is the reference; float32's own error against it sets the scale
             x_np = np.random.default_rng(7).uniform(-2, 2, (8, 3, 64, 64)).astype(np.float32)
-            results = {}
+            results, wgrads = {}, {}
             for dtype in (torch.float32, torch.float64):
                 net = train.to(dtype)
+                net.zero_grad()
                 xt = torch.from_numpy(x_np).to(dtype).requires_grad_(True)
                 out_train = net(xt)
                 (out_train ** 2).sum().backward()
                 results[dtype] = (out_train.detach().double().numpy(),
                                   xt.grad.double().numpy().transpose(0, 2, 3, 1))
+                wgrads[dtype] = {name: p.grad.double().numpy()
+                                 for name, p in net.named_parameters()}
+            np.savez(os.path.join(out, "s0_train_wgrad.npz"), **wgrads[torch.float64])
             np.savez(os.path.join(out, "s0_train.npz"), x_nhwc=x_np.transpose(0, 2, 3, 1),
                      logits=results[torch.float64][0], grad_nhwc=results[torch.float64][1],
                      logits_float32=results[torch.float32][0],

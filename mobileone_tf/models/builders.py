@@ -235,9 +235,12 @@ def build_head(x, keras_module, include_top, pooling, classes, classifier_activa
     if include_top:
         x = L.GlobalAveragePooling2D(name="avg_pool")(x)
         # float32 head (softmax) under a mixed-precision policy, as the Keras
-        # mixed-precision guide recommends; no change under float32
+        # mixed-precision guide recommends; the policy's dtype otherwise
+        # (float32, or float64 for the gradient checks of tests/backend_cases.py)
+        policy = keras_module.mixed_precision.global_policy()
+        mixed = policy.compute_dtype != policy.variable_dtype
         x = L.Dense(classes, activation=classifier_activation, name=HEAD_NAME,
-                    dtype="float32")(x)
+                    dtype="float32" if mixed else None)(x)
     elif pooling == "avg":
         x = L.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
