@@ -7,7 +7,8 @@ Examples:
   python scripts/benchmark.py --variants s0,s1 --forms fused --runtimes tflite --baselines '' \
       --quantizations bare,float32,unfolded,float16,int8 --threads 1,2 --markdown files.md
   python scripts/benchmark.py --study activations --markdown act.md
-  python scripts/benchmark.py --mode train --variants s0 --runs 5 --warmup 2
+  python scripts/benchmark.py --mode train --variants s0 --backends tensorflow,jax,torch \
+      --threads 2 --image_size 128 --batch 8 --runs 6 --rounds 3 --warmup 2
   python scripts/benchmark.py --import_device_results pixel7.txt --markdown pixel7.md
 """
 
@@ -43,6 +44,9 @@ flags.DEFINE_enum("study", None, list(bench.STUDIES), "Paper latency study.")
 flags.DEFINE_enum("mode", D["mode"], list(bench.MODES), "Inference latency or training.")
 flags.DEFINE_list("precisions", D["precisions"], "--mode train: float32 and/or bfloat16 "
                   "(Keras mixed_bfloat16, PyTorch CPU autocast).")
+flags.DEFINE_list("backends", D["backends"], "--mode train: Keras backends (tensorflow, jax, "
+                  "torch, torch-compile), each in its own process, interleaved with timm.")
+flags.DEFINE_integer("batch", D["batch"], "--mode train: images per step.")
 flags.DEFINE_string("workdir", None, "Cache for converted model files (default: temp dir).")
 flags.DEFINE_string("import_device_results", None,
                     "benchmark_model log or CoreML report JSON to tabulate instead.")
@@ -61,7 +65,7 @@ def main(argv):
               "baselines": [b for b in FLAGS.baselines if b], "models": FLAGS.models,
               "runs": FLAGS.runs, "warmup": FLAGS.warmup, "rounds": FLAGS.rounds,
               "image_size": FLAGS.image_size, "workdir": FLAGS.workdir,
-              "precisions": FLAGS.precisions}
+              "precisions": FLAGS.precisions, "backends": FLAGS.backends, "batch": FLAGS.batch}
     print(bench.run_and_report(
         config, import_device_results=FLAGS.import_device_results, json_path=FLAGS.json,
         markdown_path=FLAGS.markdown, plot_path=FLAGS.plot, plot_runtime=FLAGS.plot_runtime,

@@ -15,7 +15,7 @@ import pytest
 import keras
 
 from mobileone_tf import benchmark as bm
-from mobileone_tf.benchmark import orchestration, report, stats, torch_worker, zoo
+from mobileone_tf.benchmark import orchestration, report, stats, torch_worker, train_steps, zoo
 from mobileone_tf.layers import MobileOneBlock
 from tests.conftest import import_or_missing, require_modules
 
@@ -382,3 +382,36 @@ def test_torch_latency_reports_rounds_and_noise():
         assert r["noise_pct"] == pytest.approx(100 * (hi - lo) / r["median_ms"])
     # timm's fused S0 has Apple's 2.08 M parameters (independent of our count)
     assert rows[0]["params"] == pytest.approx(2.08e6, rel=0.01)
+
+
+def test_train_mode_interleaves_backends_and_timm(tmp_path):
+    """``--mode train``: the Keras step on TensorFlow and on PyTorch and
+    timm's step, each in a process of its own, timed in the same rounds
+    (mobileone_tf.benchmark.train_steps); every row has its round medians and
+    the markdown table lists all three."""
+    require_modules("torch", "timm")
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    proc = _script("--mode", "train", "--variants", "s0", "--backends", "tensorflow,torch",
+                   "--threads", "1", "--image_size", "32", "--batch", "2", "--runs", "2",
+                   "--rounds", "2", "--warmup", "1", "--json", str(out), "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert not res["errors"], res["errors"]
+    assert [r["runtime"] for r in res["rows"]] == [
+        "keras-tensorflow-train", "keras-torch-train", "torch-train"]
+    for row in res["rows"]:
+        assert (row["runs"], row["batch"], row["threads"], len(row["round_medians_ms"])) == (
+            2, 2, 1, 2), row
+        assert row["images_per_s"] == pytest.approx(2 / (row["median_ms"] / 1e3))
+    assert "| mobileone_s0 (branched) | keras-torch-train | float32 | 1 | 2 |" in md.read_text()
+
+
+def test_train_contender_that_fails_is_reported():
+    """A contender that cannot start is one error line (its own error text
+    in it), and the run goes on; an unknown backend is refused up front."""
+    rows, errors = train_steps.interleaved_train(["timm"], "s9", threads=1, runs=1, warmup=0,
+                                                 rounds=1, batch=2, size=32)
+    assert rows == [] and len(errors) == 1, errors
+    assert errors[0].startswith("timm train: did not start") and "mobileone_s9" in errors[0]
+    with pytest.raises(ValueError, match="backends"):
+        orchestration.check_config({"mode": "train", "backends": ["mxnet"]})

@@ -170,6 +170,7 @@ def test_failures_leave_nothing(tiny, tmp_path, monkeypatch):
         export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32)
     assert not list(out.iterdir())
     monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "empty"))
+    monkeypatch.setattr(metadata, "in_environment", lambda: False)  # nor the [metadata] extra
     with pytest.raises(export.ExportError) as e:  # --metadata: required
         export.to_tflite(tiny, str(out / "m.tflite"), fuse=False, input_size=32, metadata=True)
     message = str(e.value)
@@ -185,6 +186,7 @@ def test_default_without_writer_exports_and_says_so(tiny, tmp_path, monkeypatch)
     verified without metadata, the report and its printed form say why and how
     to add it, and nothing is installed."""
     monkeypatch.setenv(metadata.ENV_DIR, str(tmp_path / "empty"))
+    monkeypatch.setattr(metadata, "in_environment", lambda: False)  # nor the [metadata] extra
     path, report = export.to_tflite(tiny, str(tmp_path / "m.tflite"), fuse=False, input_size=32)
     assert report["metadata"].startswith("skipped: MediaPipe's TFLite metadata writer is not")
     assert "python -m mobileone_tf.export.mediapipe_install" in export.format_report(report)

@@ -14,7 +14,7 @@ import os
 import tempfile
 
 from mobileone_tf.api_export import mobileone_export
-from mobileone_tf.benchmark import device_logs, machine, report, workers, zoo
+from mobileone_tf.benchmark import device_logs, machine, report, train_steps, workers, zoo
 from mobileone_tf.benchmark.torch_worker import run_torch, torch_available
 
 RUNTIMES = workers.TF_RUNTIMES + ("torch",)
@@ -23,12 +23,16 @@ PRECISIONS = ("float32", "bfloat16")
 """Training precisions (``--mode train``): float32, or bfloat16 mixed
 precision (Keras ``mixed_bfloat16``; PyTorch ``autocast`` on the CPU)."""
 STUDIES = ("activations", "blocks", "flops")
+BACKENDS = tuple(c for c in train_steps.CONTENDERS if c != "timm")
+"""Keras backends ``--mode train`` can time (``torch-compile``: the PyTorch
+backend with ``jit_compile=True``); timm's step is timed beside them."""
 
 DEFAULTS = {"mode": "latency", "study": None, "variants": ["s0", "s1", "s2", "s3", "s4"],
             "runtimes": ["keras", "tflite", "onnx"], "threads": [1, 2],
             "forms": ["fused", "branched"], "quantizations": ["float32", "float16", "int8"],
             "baselines": True, "runs": 100, "warmup": 10, "rounds": 5, "workdir": None,
-            "image_size": zoo.IMAGE_SIZE, "models": None, "precisions": ["float32"]}
+            "image_size": zoo.IMAGE_SIZE, "models": None, "precisions": ["float32"],
+            "backends": ["tensorflow"], "batch": workers.TRAIN_BATCH}
 """Configuration defaults of :func:`run` (also the script's flag defaults)."""
 
 
@@ -71,6 +75,7 @@ def check_config(config: dict) -> dict:
     _check_subset("variants", cfg["variants"], sorted(VARIANTS))
     _check_subset("forms", cfg["forms"], zoo.FORMS)
     _check_subset("precisions", cfg["precisions"], PRECISIONS)
+    _check_subset("backends", cfg["backends"], BACKENDS)
     if cfg["baselines"] not in (True, False):
         _check_subset("baselines", cfg["baselines"], zoo.BASELINES)
     _check_subset("models", cfg["models"] or [], sorted(_known_models()))
@@ -82,6 +87,8 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"threads must be positive integers, got {cfg['threads']!r}")
     if cfg["runs"] < 1 or cfg["warmup"] < 0 or cfg["rounds"] < 1:
         raise ValueError("runs and rounds must be >= 1 and warmup >= 0")
+    if cfg["batch"] < 1:
+        raise ValueError(f"batch must be >= 1, got {cfg['batch']}")
     if cfg["image_size"] < 32:
         raise ValueError(f"image_size must be at least 32, got {cfg['image_size']}")
     return cfg
@@ -101,7 +108,9 @@ def run(config: dict) -> dict:
     (the ``runs`` are split into this many rounds interleaved across all
     models of a thread count), ``workdir`` (model file cache; default a new
     temporary folder), ``image_size``, ``models`` (explicit model names,
-    overrides variants/baselines).
+    overrides variants/baselines); ``--mode train`` only: ``precisions``,
+    ``backends`` (Keras backends from :data:`BACKENDS`, each timed in its own
+    process beside timm's step) and ``batch`` (images per step).
 
     Returns:
         ``{"machine", "config", "gemm": {threads: ...}, "rows": [...],
@@ -187,26 +196,20 @@ def _torch_latency(cfg, threads, result):
 
 def _run_train(cfg, result):
     """Training throughput: for every variant, thread count and precision,
-    the Keras step (its own worker process) then timm's (PyTorch process)."""
+    the Keras step on each of ``backends`` and timm's step (when torch and
+    timm are installed) in one interleaved run
+    (:func:`mobileone_tf.benchmark.train_steps.interleaved_train`)."""
+    contenders = list(cfg["backends"]) + (["timm"] if torch_available() else [])
+    if "timm" not in contenders:
+        result["errors"].append("timm train: torch/timm not installed")
     for variant in cfg["variants"]:
         for threads in cfg["threads"]:
             for precision in cfg["precisions"]:
-                spec = {"threads": threads, "runs": cfg["runs"], "warmup": cfg["warmup"],
-                        "train": variant, "image_size": cfg["image_size"],
-                        "precision": precision}
-                out = workers.spawn_worker(spec)
-                result["rows"] += out["rows"]
-                result["errors"] += out["errors"]
-                if not torch_available():
-                    continue
-                try:
-                    t = run_torch({"mode": "train", "variants": [variant], "threads": threads,
-                                   "runs": cfg["runs"], "warmup": cfg["warmup"],
-                                   "size": cfg["image_size"], "batch": workers.TRAIN_BATCH,
-                                   "precision": precision})
-                    result["rows"] += t["rows"]
-                except Exception as e:  # noqa: BLE001 - reported, run continues
-                    result["errors"].append(f"torch train: {e}")
+                rows, errors = train_steps.interleaved_train(
+                    contenders, variant, threads, cfg["runs"], cfg["warmup"], cfg["rounds"],
+                    cfg["batch"], cfg["image_size"], precision)
+                result["rows"] += rows
+                result["errors"] += errors
     return result
 
 

@@ -9,9 +9,8 @@ rounds as the TensorFlow runtimes, and prints one line
 
 Latency: timm ``mobileone_<v>`` re-parameterized
 (``timm.utils.model.reparameterize_model``), eval, ``torch.inference_mode``,
-NCHW float32 ``(1, 3, size, size)`` uniform 0..255.
-Training: branched model, SGD (lr 0.01, momentum 0.9), cross-entropy, a fixed
-random batch.
+NCHW float32 ``(1, 3, size, size)`` uniform 0..255. (timm's training step
+is timed by :mod:`mobileone_tf.benchmark.train_steps`.)
 """
 
 from __future__ import annotations
@@ -36,15 +35,14 @@ def run_torch(spec: dict, timeout: float = 1800) -> dict:
     """Runs this module in a fresh interpreter and returns its result.
 
     Args:
-        spec: ``{"mode": "latency"|"train", "variants": [...], "threads",
-            "runs", "warmup", "rounds"? (latency), "size", "batch"}``.
+        spec: ``{"mode": "latency", "variants": [...], "threads",
+            "runs", "warmup", "rounds"?, "size", "batch"}``.
         timeout: seconds.
 
     Returns:
-        ``{"rows": [...], "torch": str, "timm": str}``; latency rows have
+        ``{"rows": [...], "torch": str, "timm": str}``; the rows have
         runtime ``"torch"`` and the :func:`~mobileone_tf.benchmark.stats.
-        interleaved_timings` fields, training rows ``"torch-train"`` and
-        ``images_per_s``.
+        interleaved_timings` fields.
 
     Raises:
         RuntimeError: the subprocess failed (with the end of its stderr).
@@ -74,34 +72,12 @@ def _latency(spec, torch, timm):
             for v, m, s in zip(spec["variants"], models, timings)]
 
 
-def _train(spec, torch, timm):
-    v = spec["variants"][0]
-    m = timm.create_model(f"mobileone_{v}", pretrained=False).train()
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(spec["batch"], 3, spec["size"], spec["size"])
-    y = torch.randint(0, 1000, (spec["batch"],))
-
-    bf16 = spec.get("precision") == "bfloat16"
-
-    def step():
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-
-    s = stats.time_callable(step, spec["runs"], spec["warmup"])
-    return [{"model": f"mobileone_{v}", "form": "branched", "runtime": "torch-train",
-             "threads": spec["threads"], "batch": spec["batch"],
-             "precision": spec.get("precision", "float32"), "images_per_s": spec["batch"] / (s["median_ms"] / 1e3), **s}]
-
-
 def main(spec: dict) -> dict:
     """Runs ``spec`` (see :func:`run_torch`) in this process; imports torch."""
     import timm
     import torch
     torch.set_num_threads(int(spec["threads"]))
-    rows = (_latency if spec["mode"] == "latency" else _train)(spec, torch, timm)
+    rows = _latency(spec, torch, timm)
     return {"rows": rows, "torch": torch.__version__, "timm": timm.__version__}
 
 

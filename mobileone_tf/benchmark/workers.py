@@ -4,9 +4,9 @@ thread count.
 TensorFlow's thread pools can only be set before TF starts, so every thread
 count runs in a fresh interpreter, ``python -m mobileone_tf.benchmark.workers
 SPEC OUT`` (:func:`spawn_worker`), which sets them and runs :func:`worker`
-(latency) or :func:`run_train_keras` (training throughput). Inside the
-worker every model is built, converted (through :mod:`mobileone_tf.export`)
-and loaded first (through :mod:`mobileone_tf.runtime`), then all of them are
+(latency; training steps are timed by :mod:`mobileone_tf.benchmark.train_steps`).
+Inside the worker every model is built, converted (through
+:mod:`mobileone_tf.export`) and loaded first (through :mod:`mobileone_tf.runtime`), then all of them are
 timed in interleaved rounds (:func:`mobileone_tf.benchmark.stats.interleaved_timings`).
 
 Input: batch 1, ``image_size`` x ``image_size`` NHWC float32, uniform 0..255
@@ -38,6 +38,8 @@ export before issue 13: the normalization as one MUL + one ADD)."""
 MOBILEONE_ONLY = ("bare", "unfolded")
 TF_RUNTIMES = ("keras", "tflite", "onnx")
 TRAIN_BATCH = 32
+"""Default images per training step (``--mode train``,
+:mod:`mobileone_tf.benchmark.train_steps`)."""
 CALIBRATION_ENV = "MOBILEONE_BENCH_CALIBRATION"
 """Env var: a folder of images to calibrate int8 MobileOne files with
 (default: 8 random images -- fine for latency, not for accuracy)."""
@@ -221,54 +223,11 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_train_keras(variant: str, threads: int, runs: int, warmup: int,
-                    batch: int = TRAIN_BATCH, size: int = zoo.IMAGE_SIZE,
-                    precision: str = "float32") -> dict:
-    """Training throughput of the branched model: ``train_on_batch`` (SGD
-    0.01, momentum 0.9, sparse categorical cross-entropy) on a fixed random
-    batch, timed by :func:`mobileone_tf.benchmark.stats.time_callable`.
-
-    Returns:
-        A row with ``runtime="keras-train"``, ``batch``, ``images_per_s``
-        (batch / median step seconds) and the step statistics (ms).
-    """
-    import keras
-    from mobileone_tf.models import MobileOne
-    policy = keras.mixed_precision.dtype_policy()
-    if precision == "bfloat16":  # float32 weights, bfloat16 compute, float32 softmax
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = MobileOne(variant, weights=None, input_shape=(size, size, 3))
-    finally:
-        keras.mixed_precision.set_dtype_policy(policy)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-    y = rng.integers(0, 1000, (batch,)).astype(np.int32)
-    s = stats.time_callable(lambda: model.train_on_batch(x, y), runs, warmup)
-    return {"model": f"mobileone_{variant}", "form": "branched", "runtime": "keras-train",
-            "threads": threads, "batch": batch, "precision": precision,
-            "images_per_s": batch / (s["median_ms"] / 1e3), **s}
-
-
-def _train_worker(spec: dict) -> dict:
-    threads = int(spec["threads"])
-    _fix_threads(threads)
-    try:
-        return {"rows": [run_train_keras(spec["train"], threads, int(spec["runs"]),
-                                         int(spec["warmup"]), size=int(spec["image_size"]),
-                                         precision=spec.get("precision", "float32"))],
-                "errors": []}
-    except Exception as e:  # noqa: BLE001 - reported, run continues
-        return {"rows": [], "errors": [f"keras train: {type(e).__name__}: {e}"]}
-
-
 def worker_main(spec_path, out_path):
     """Entry point of the worker process: reads the spec JSON, writes the
     result JSON (atomically) to ``out_path``."""
     spec = json.loads(pathlib.Path(spec_path).read_text())
-    out = _train_worker(spec) if "train" in spec else worker(spec)
+    out = worker(spec)
     fileio.atomic_write(out_path, json.dumps(out, default=str))
 
 
