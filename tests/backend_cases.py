@@ -177,6 +177,9 @@ def test_training_mode_logits_and_input_gradient_match_timm():
 FLOAT64_TOL = (1e-9, 1e-6) if BACKEND == "tensorflow" else (1e-4, 0.1)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="float64 is float32 inside Keras' ops on JAX as "
+                    "on PyTorch (FLOAT64_TOL), and 64-bit mode recompiles the model (45 s on 2 "
+                    "cores): the weaker check runs on PyTorch")
 def test_float64_weight_gradients_match_timm():
     """The training-mode gradient of every weight (each branch's kernel,
     every BatchNorm's gamma and beta, the head) equals timm's, both in
