@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # pytest-xdist: as many worker processes as cores already; a thread pool per
 # process on top of that (TensorFlow's intra-op pool, PyTorch's OpenMP, in the
 # workers and the subprocesses they start) oversubscribes the cores: measured
-# 51 -> 44 s for two concurrent test_porting runs on the 2-core CI machine.
+# 51 -> 44 s for two concurrent test_porting runs on a 2-core AMD EPYC
+# (AVX-512), 2026-12-06.
 # Tests that time or thread something set their own counts.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
