@@ -24,6 +24,12 @@ pairs=("$@")
 tests=${COMPAT_TESTS:-"tests/test_models.py tests/test_porting.py tests/test_features.py tests/test_export.py::test_real_s0_tflite_top1_equals_keras"}
 out=${COMPAT_DIR:-/tmp/mobileone_tf_compat}
 mkdir -p "$out"
+# The host's jax (the [jax]/[dev] extra) would leak into the venvs through
+# --system-site-packages, and TensorFlow <= 2.18 imports it when present
+# (tensorflow/lite/python/util.py), which fails beside their ml_dtypes 0.3:
+# a stub that raises ImportError hides it (PYTHONPATH of the test runs).
+mkdir -p "$out/hide/jax"
+echo 'raise ImportError("jax is hidden from this venv by tools/compat.sh")' > "$out/hide/jax/__init__.py"
 printf '| TensorFlow | Keras | extra | install | tests | minutes |\n|---|---|---|---|---|---|\n' > "$out/table.md"
 for pair in "${pairs[@]}"; do
   IFS=: read -r tf keras extra <<< "$pair"
@@ -58,7 +64,7 @@ for pair in "${pairs[@]}"; do
     install=ok
     "$venv/bin/python" -c "import tensorflow as t, keras as k; print('versions', t.__version__, k.__version__)" >> "$log" 2>&1
     # shellcheck disable=SC2086
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider $run_tests >> "$log" 2>&1
+    PYTHONPATH="$out/hide" "$venv/bin/python" -m pytest -q -p no:cacheprovider $run_tests >> "$log" 2>&1
     result=$(grep -E '^[0-9]+ (passed|failed)|(passed|failed).* in ' "$log" | tail -1)
   else
     install=failed; result="not run"
