@@ -41,7 +41,6 @@ BACKEND = keras.backend.backend()
 REF = pathlib.Path(os.environ["MOBILEONE_TF_TORCH_REF"])
 OUT = pathlib.Path(os.environ["MOBILEONE_TF_BACKEND_OUT"])
 KERAS_FILE = os.environ.get("MOBILEONE_TF_KERAS_FILE")
-MOVING = tuple(MOVING_KEYS)
 
 
 def _batchnorms(model):
@@ -134,8 +133,8 @@ def _timm_weight_gradients(name):
     grads = np.load(REF / name)
     checkpoint = mo_weights.read_checkpoint(REF / "s0_timm.pth")
     state = convert_state_dict({k: grads[k] if k in grads.files else v
-                                           for k, v in checkpoint.items()}, "s0").state
-    return {k: v for k, v in state.items() if not k.endswith(MOVING)}
+                                for k, v in checkpoint.items()}, "s0").state
+    return {k: v for k, v in state.items() if not k.endswith(MOVING_KEYS)}
 
 
 @contextlib.contextmanager

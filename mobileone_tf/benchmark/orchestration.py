@@ -32,7 +32,7 @@ DEFAULTS = {"mode": "latency", "study": None, "variants": ["s0", "s1", "s2", "s3
             "forms": ["fused", "branched"], "quantizations": ["float32", "float16", "int8"],
             "baselines": True, "runs": 100, "warmup": 10, "rounds": 5, "workdir": None,
             "image_size": zoo.IMAGE_SIZE, "models": None, "precisions": ["float32"],
-            "backends": ["tensorflow"], "batch": workers.TRAIN_BATCH}
+            "backends": ["tensorflow"], "batch": train_steps.TRAIN_BATCH}
 """Configuration defaults of :func:`run` (also the script's flag defaults)."""
 
 

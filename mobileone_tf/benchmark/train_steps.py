@@ -47,6 +47,8 @@ from mobileone_tf.benchmark.workers import ONEDNN_HINT
 
 CONTENDERS = ("tensorflow", "jax", "torch", "torch-compile", "timm")
 READY = "READY"
+TRAIN_BATCH = 32
+"""Default images per training step (``--mode train``)."""
 
 
 def _thread_env(contender: str, threads: int) -> dict:

@@ -37,9 +37,6 @@ network alone: no input normalization, logits) and ``unfolded`` (the default
 export before issue 13: the normalization as one MUL + one ADD)."""
 MOBILEONE_ONLY = ("bare", "unfolded")
 TF_RUNTIMES = ("keras", "tflite", "onnx")
-TRAIN_BATCH = 32
-"""Default images per training step (``--mode train``,
-:mod:`mobileone_tf.benchmark.train_steps`)."""
 CALIBRATION_ENV = "MOBILEONE_BENCH_CALIBRATION"
 """Env var: a folder of images to calibrate int8 MobileOne files with
 (default: 8 random images -- fine for latency, not for accuracy)."""
