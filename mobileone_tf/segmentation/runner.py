@@ -31,6 +31,7 @@ import time
 from mobileone_tf import fileio
 from mobileone_tf.segmentation import data as seg_data
 from mobileone_tf.segmentation import metrics as seg_metrics
+from mobileone_tf.segmentation import weighting as seg_weighting
 from mobileone_tf.segmentation.model import build_segmenter, check_size
 
 RUN_CONFIG = "run_config.json"
@@ -57,6 +58,7 @@ class SegConfig:
     norm_eval: bool = False
     limit: int = 0  # images per split (0: all); for smoke tests
     seed: int = 0
+    class_weights: str = "none"  # none, median_frequency, enet, or a JSON file (weighting)
 
     def check(self):
         """Raises ValueError naming the bad field."""
@@ -71,6 +73,8 @@ class SegConfig:
             raise ValueError(f"--learning_rate must be > 0; got {self.learning_rate}")
         if self.weights and self.weights != "imagenet" and not os.path.isfile(self.weights):
             raise FileNotFoundError(f"--weights {self.weights}: no such file")
+        if self.class_weights not in seg_weighting.CLASS_WEIGHTINGS:
+            seg_weighting.read_class_weights(self.class_weights, self.num_classes)
         return self
 
     def record(self):
@@ -78,6 +82,8 @@ class SegConfig:
         out = json.loads(json.dumps(dataclasses.asdict(self)))
         if out["weights"] and out["weights"] != "imagenet":
             out["weights"] = os.path.abspath(out["weights"])
+        if out["class_weights"] not in seg_weighting.CLASS_WEIGHTINGS:
+            out["class_weights"] = os.path.abspath(out["class_weights"])
         return out
 
 
@@ -165,6 +171,10 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
              for pairs in splits.values()]
     eval_size = seg_data.padded_size(max(h for h, _ in sizes), max(w for _, w in sizes))
 
+    weights = seg_weighting.class_weights(
+        config.class_weights, (seg_data.read_mask(m) for _, m in splits["train"]),
+        config.num_classes, config.ignore_class)
+
     import keras
     keras.utils.set_random_seed(config.seed)
     crop = check_size(config.crop_size)
@@ -174,9 +184,10 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
     model = build_segmenter(config.backbone, config.num_classes, crop,
                             weights=config.weights, fused=config.fused,
                             freeze_stages=config.freeze_stages, norm_eval=config.norm_eval)
-    model.compile(optimizer=_optimizer(config, steps * config.epochs),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, ignore_class=config.ignore_class),
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=config.ignore_class) if weights is None \
+        else seg_weighting.weighted_cross_entropy(weights, config.ignore_class)
+    model.compile(optimizer=_optimizer(config, steps * config.epochs), loss=loss,
                   metrics=[seg_metrics.mean_iou_metric(config.num_classes,
                                                        config.ignore_class)])
     # the model is built (weights read) before anything is written
@@ -210,7 +221,7 @@ def run(config, data_dir, output_dir, *, overwrite=False, resume=False, callback
     if guard.diverged_at is not None:
         raise RuntimeError(f"training diverged (NaN loss) at epoch/batch {guard.diverged_at}")
     return finish(model, config, splits, eval_size, output_dir, train_seconds,
-                  throughput.history, done)
+                  throughput.history, done, weights)
 
 
 def _remove_run(output_dir, created):
@@ -230,7 +241,7 @@ def _remove_run(output_dir, created):
 
 
 def finish(model, config, splits, eval_size, output_dir, train_seconds, images_per_sec,
-           resumed_from):
+           resumed_from, class_weights=None):
     """Best weights -> fused model (``fused.keras``) -> test/val scores ->
     ``summary.json`` (written last: the run is finished)."""
     import mobileone_tf as mo
@@ -262,7 +273,9 @@ def finish(model, config, splits, eval_size, output_dir, train_seconds, images_p
                "epochs_run_here": config.epochs - resumed_from,
                "epoch_seconds": round(train_seconds / max(config.epochs - resumed_from, 1), 1),
                "images_per_sec": [round(v, 2) for v in images_per_sec],
-               "log_rows": len(log), "config": dataclasses.asdict(config)}
+               "log_rows": len(log), "config": dataclasses.asdict(config),
+               "class_weights": (None if class_weights is None
+                                 else [round(float(w), 6) for w in class_weights])}
     fileio.write_json(summary, os.path.join(output_dir, rundir.SUMMARY))
     return summary
 
