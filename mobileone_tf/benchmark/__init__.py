@@ -31,6 +31,8 @@ from mobileone_tf import lazy  # noqa: E402
 
 # public name -> defining module (relative to this package)
 _EXPORTS = {
+    "classification_row": ".accuracy",
+    "eval_transform": ".accuracy",
     "import_device_results": ".device_logs",
     "machine_info": ".machine",
     "count_macs": ".macs",

